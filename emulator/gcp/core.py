@@ -22,9 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
-import proto  # type: ignore[import-untyped]
+import proto
 from google.protobuf import json_format
 from google.protobuf.message import Message as PbMessage
 from pydantic import BaseModel, Field
@@ -179,7 +179,7 @@ def unimplemented(message: str) -> GoogleApiError:
 # ---------------------------------------------------------------------------------------------
 # Message serialisation: Google's JSON (camelCase names, enum names, no default values).
 
-JsonMessage = proto.Message | PbMessage | dict[str, Any]
+JsonMessage: TypeAlias = proto.Message | PbMessage | dict[str, Any]
 
 
 def _pb(message: proto.Message | PbMessage) -> PbMessage:
@@ -220,9 +220,9 @@ def parse_message(cls: type[Any], body: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Long-running operations: explicit state machines that advance on poll and with time.
 
-Outcome = tuple[JsonMessage | None, GoogleApiError | None]
-Resolver = Callable[[], Outcome | None]
-MetadataSource = JsonMessage | Callable[[], JsonMessage] | None
+Outcome: TypeAlias = tuple[JsonMessage | None, GoogleApiError | None]
+Resolver: TypeAlias = Callable[[], Outcome | None]
+MetadataSource: TypeAlias = JsonMessage | Callable[[], JsonMessage] | None
 
 
 @dataclass
@@ -392,7 +392,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-BackendFactory = Callable[["Emulator"], Backend]
+BackendFactory: TypeAlias = Callable[["Emulator"], Backend]
 
 
 class Emulator:
@@ -419,6 +419,7 @@ class Emulator:
         self._factories = dict(factories)
         self.operations = Operations(clock)
         self.backends: dict[str, Backend] = {}
+        self._closed = False
         self._build_backends()
 
     def _build_backends(self) -> None:
@@ -465,7 +466,11 @@ class Emulator:
         self.backends = {}
 
     def close(self) -> None:
+        """Save and stop every backend (idempotent)."""
         with self.lock:
+            if self._closed:
+                return
+            self._closed = True
             self.save()
             self.close_backends()
 
@@ -612,8 +617,8 @@ class Call:
         return self.params[name]
 
 
-HandlerResult = JsonMessage | Response | None
-Handler = Callable[[Call], HandlerResult | Awaitable[HandlerResult]]
+HandlerResult: TypeAlias = JsonMessage | Response | None
+Handler: TypeAlias = Callable[[Call], HandlerResult | Awaitable[HandlerResult]]
 
 
 @dataclass(frozen=True)
@@ -669,3 +674,30 @@ class Route:
     def _tail_takes_colon(self) -> bool:
         # Docker image names carry ":" in "@sha256:..."; a verb-less variable takes any text.
         return self.segments[-1].startswith("{")
+
+
+def paginate(
+    items: list[Any], page_size: str | int | None, page_token: str | None
+) -> tuple[list[Any], str]:
+    """One page of `items` and the next page token ("" on the last page), as list methods do."""
+    try:
+        size = int(page_size or 0)
+        start = int(page_token or 0)
+    except ValueError:
+        raise invalid_argument("Invalid page size or page token.") from None
+    if size < 0 or start < 0:
+        raise invalid_argument("Invalid page size or page token.")
+    size = size or 1000
+    end = start + size
+    return items[start:end], (str(end) if end < len(items) else "")
+
+
+def gate_project(params: dict[str, str]) -> str | None:
+    """The project whose API enablement gates a call: `{project}`, or for `projects/-/...`
+    the project in a service-account email."""
+    project = params.get("project")
+    if project != "-":
+        return project
+    account = params.get("account", "")
+    _, _, domain = account.partition("@")
+    return domain.removesuffix(".iam.gserviceaccount.com") if domain else None
