@@ -38,7 +38,7 @@ class GoogleCloud:
 
 
 def resolve_cloud(project: str | None = None, credentials_block: str | None = None) -> GoogleCloud:
-    """Credentials from a ``GcpCredentials`` block when named, else Application Default Credentials."""
+    """Credentials from a ``GcpCredentials`` block when named, else from ADC."""
     if credentials_block:
         from prefect_gcp import GcpCredentials
 

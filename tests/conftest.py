@@ -26,7 +26,7 @@ os.environ.update(
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
-    """One `prefect_test_harness` for the session (~11 s); yields PREFECT_API_URL for subprocesses."""
+    """One `prefect_test_harness` per session (~11 s); yields PREFECT_API_URL for subprocesses."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
