@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from emulator.gcp import artifact_registry, auth, iam, service_usage
+from emulator.gcp import artifact_registry, auth, cloud_build, iam, service_usage
 from emulator.gcp.core import (
     RUNTIME_CONFIG_FIELDS,
     Backend,
@@ -50,6 +50,7 @@ def backend_factories() -> dict[str, BackendFactory]:
         "service_usage": service_usage.ServiceUsageBackend,
         "artifact_registry": artifact_registry.ArtifactRegistryBackend,
         "iam": iam.IamBackend,
+        "cloud_build": cloud_build.CloudBuildBackend,
     }
     return factories
 
@@ -63,6 +64,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         *artifact_registry.routes(emulator),
         *iam.routes(emulator),
         *auth.routes(emulator),
+        *cloud_build.routes(emulator),
     ]
     # A route with a custom verb (`:enable`) wins over a variable that would swallow it.
     return sorted(table, key=lambda r: r.verb is None)

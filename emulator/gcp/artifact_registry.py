@@ -275,7 +275,8 @@ def _package_proto(repo_name: str, package: str, images: list[DockerImage]) -> a
 
 
 def routes(emulator: Emulator) -> list[Route]:
-    backend = emulator.artifact_registry
+    def backend() -> ArtifactRegistryBackend:
+        return emulator.artifact_registry  # looked up per call: reset() rebuilds backends
 
     def loc(call: Call) -> tuple[str, str]:
         return call.param("project"), call.param("location")
@@ -299,46 +300,46 @@ def routes(emulator: Emulator) -> list[Route]:
 
     def create_repository(call: Call) -> dict[str, Any]:
         body = parse_message(ar.Repository, call.body)
-        created = backend.create_repository(*loc(call), call.query.get("repositoryId", ""), body)
+        created = backend().create_repository(*loc(call), call.query.get("repositoryId", ""), body)
         return operation(call, created)
 
     def get_repository(call: Call) -> ar.Repository:
-        return backend.get_repository(*repo(call))
+        return backend().get_repository(*repo(call))
 
     def list_repositories(call: Call) -> ar.ListRepositoriesResponse:
-        items, token = page(call, backend.list_repositories(*loc(call)))
+        items, token = page(call, backend().list_repositories(*loc(call)))
         return ar.ListRepositoriesResponse(repositories=items, next_page_token=token)
 
     def delete_repository(call: Call) -> dict[str, Any]:
-        backend.delete_repository(*repo(call))
+        backend().delete_repository(*repo(call))
         return operation(call, empty_pb2.Empty())
 
     def list_docker_images(call: Call) -> ar.ListDockerImagesResponse:
-        images = sorted(backend.list_images(*repo(call)), key=lambda i: i.name)
+        images = sorted(backend().list_images(*repo(call)), key=lambda i: i.name)
         items, token = page(call, [i.to_proto() for i in images])
         return ar.ListDockerImagesResponse(docker_images=items, next_page_token=token)
 
     def get_docker_image(call: Call) -> ar.DockerImage:
-        return backend.get_image(*repo(call), call.param("image")).to_proto()
+        return backend().get_image(*repo(call), call.param("image")).to_proto()
 
     def list_packages(call: Call) -> ar.ListPackagesResponse:
-        repo_name = backend.get_repository(*repo(call)).name
+        repo_name = backend().get_repository(*repo(call)).name
         packages = [
-            _package_proto(repo_name, p, i) for p, i in backend.packages(*repo(call)).items()
+            _package_proto(repo_name, p, i) for p, i in backend().packages(*repo(call)).items()
         ]
         items, token = page(call, packages)
         return ar.ListPackagesResponse(packages=items, next_page_token=token)
 
     def get_package(call: Call) -> ar.Package:
-        images = backend.package(*repo(call), call.param("package"))
+        images = backend().package(*repo(call), call.param("package"))
         return _package_proto(images[0].repository_name, call.param("package"), images)
 
     def delete_package(call: Call) -> dict[str, Any]:
-        backend.delete_package(*repo(call), call.param("package"))
+        backend().delete_package(*repo(call), call.param("package"))
         return operation(call, empty_pb2.Empty())
 
     def list_tags(call: Call) -> ar.ListTagsResponse:
-        images = backend.package(*repo(call), call.param("package"))
+        images = backend().package(*repo(call), call.param("package"))
         base = f"{images[0].repository_name}/packages/{call.param('package')}"
         tags = sorted(
             (
@@ -352,7 +353,7 @@ def routes(emulator: Emulator) -> list[Route]:
         return ar.ListTagsResponse(tags=items, next_page_token=token)
 
     def list_versions(call: Call) -> ar.ListVersionsResponse:
-        images = backend.package(*repo(call), call.param("package"))
+        images = backend().package(*repo(call), call.param("package"))
         base = f"{images[0].repository_name}/packages/{call.param('package')}"
         versions = [
             ar.Version(

@@ -124,7 +124,8 @@ class IamBackend:
 
 
 def routes(emulator: Emulator) -> list[Route]:
-    backend = emulator.iam
+    def backend() -> IamBackend:
+        return emulator.iam  # looked up per call: reset() rebuilds backends
 
     def create(call: Call) -> dict[str, Any]:
         sa = call.body.get("serviceAccount") or {}
@@ -133,7 +134,7 @@ def routes(emulator: Emulator) -> list[Route]:
         unknown = set(call.body) - {"accountId", "serviceAccount"}
         if unknown:
             raise _unknown_fields(unknown)
-        return backend.create(
+        return backend().create(
             call.param("project"),
             call.body.get("accountId", ""),
             str(sa.get("displayName", "")),
@@ -141,15 +142,15 @@ def routes(emulator: Emulator) -> list[Route]:
         )
 
     def get(call: Call) -> dict[str, Any]:
-        return backend.get(call.param("project"), call.param("account"))
+        return backend().get(call.param("project"), call.param("account"))
 
     def delete(call: Call) -> dict[str, Any]:
-        backend.delete(call.param("project"), call.param("account"))
+        backend().delete(call.param("project"), call.param("account"))
         return {}
 
     def list_accounts(call: Call) -> dict[str, Any]:
         items, token = paginate(
-            backend.list(call.param("project")),
+            backend().list(call.param("project")),
             call.query.get("pageSize"),
             call.query.get("pageToken"),
         )

@@ -159,32 +159,33 @@ def _operation(
 
 
 def routes(emulator: Emulator) -> list[Route]:
-    backend = emulator.service_usage
+    def backend() -> ServiceUsageBackend:
+        return emulator.service_usage  # looked up per call: reset() rebuilds backends
 
     def batch_enable(call: Call) -> dict[str, Any]:
         ids = call.body.get("serviceIds") or []
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise invalid_argument("serviceIds must be a list of service names.")
-        services, changed = backend.enable(call.param("project"), ids)
+        services, changed = backend().enable(call.param("project"), ids)
         response = su.BatchEnableServicesResponse(services=services)
         return _operation(call.emulator, call.param("project"), ids, response, changed)
 
     def enable(call: Call) -> dict[str, Any]:
-        (service,), changed = backend.enable(call.param("project"), [call.param("service")])
+        (service,), changed = backend().enable(call.param("project"), [call.param("service")])
         response = su.EnableServiceResponse(service=service)
         return _operation(
             call.emulator, call.param("project"), [service.config.name], response, changed
         )
 
     def disable(call: Call) -> dict[str, Any]:
-        service, changed = backend.disable(call.param("project"), call.param("service"))
+        service, changed = backend().disable(call.param("project"), call.param("service"))
         response = su.DisableServiceResponse(service=service)
         return _operation(
             call.emulator, call.param("project"), [service.config.name], response, changed
         )
 
     def get(call: Call) -> su.Service:
-        return backend.service(call.param("project"), call.param("service"))
+        return backend().service(call.param("project"), call.param("service"))
 
     def batch_get(call: Call) -> su.BatchGetServicesResponse:
         names = call.query.getlist("names")
@@ -196,18 +197,18 @@ def routes(emulator: Emulator) -> list[Route]:
         services = []
         for name in names:
             head, sep, service = name.rpartition("/services/")
-            if not sep or backend.resolve_project(head.removeprefix("projects/")) != (
-                backend.resolve_project(call.param("project"))
+            if not sep or backend().resolve_project(head.removeprefix("projects/")) != (
+                backend().resolve_project(call.param("project"))
             ):
                 raise invalid_argument(f"Service name {name!r} is not under {parent}.")
-            services.append(backend.service(call.param("project"), service))
+            services.append(backend().service(call.param("project"), service))
         return su.BatchGetServicesResponse(services=services)
 
     def list_services(call: Call) -> su.ListServicesResponse:
         filter_ = call.query.get("filter", "").replace(" ", "")
         project = call.param("project")
         if filter_ in ("", "state:ENABLED", "state:DISABLED"):
-            services = backend.list_all(project)
+            services = backend().list_all(project)
             if filter_:
                 want = (
                     su.State.ENABLED
