@@ -1,0 +1,327 @@
+"""The front door of one emulated Cloud Run service: `uri = http://127.0.0.1:<port>`.
+
+Like Cloud Run's ingress it checks the Google-signed ID token (`X-Serverless-Authorization` or
+`Authorization: Bearer`): signature, audience (the service's URLs or custom audiences) and expiry
+→ 401; the token's email must be a member of `roles/run.invoker` (or allUsers /
+allAuthenticatedUsers) → 403; at most `max_instances × concurrency` requests in flight, streamed
+responses counted until their last byte → 429 with Cloud Run's text. Accepted requests are
+forwarded, streaming, to the service's current Ollama-compatible backend (503 while none is ready).
+
+One uvicorn server per service, on its own thread and port; `stop()` closes it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+TokenVerifier = Callable[[str, str], Mapping[str, Any]]
+
+INVOKER_ROLES = frozenset(
+    {"roles/run.invoker", "roles/run.admin", "roles/run.developer", "roles/owner", "roles/editor"}
+)
+NO_INSTANCE = (
+    "The request was aborted because there was no available instance. Additional "
+    "troubleshooting documentation can be found at: "
+    "https://cloud.google.com/run/docs/troubleshooting#abort-request"
+)
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+@dataclass(frozen=True)
+class IngressRules:
+    """What the ingress enforces; replaced as a whole when the service or its policy changes."""
+
+    audiences: tuple[str, ...] = ()
+    members: frozenset[str] = frozenset()  # members of an invoking role
+    invoker_iam_disabled: bool = False
+    max_in_flight: int = 1
+    timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Denial:
+    status: int
+    body: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _page(status: int, title: str, message: str) -> str:
+    return (
+        "<html><head>\n"
+        '<meta http-equiv="content-type" content="text/html;charset=utf-8">\n'
+        f"<title>{status} {title}</title>\n"
+        "</head>\n"
+        "<body text=#000000 bgcolor=#ffffff>\n"
+        f"<h1>Error: {title}</h1>\n"
+        f"<h2>{message}</h2>\n"
+        "<h2></h2>\n"
+        "</body></html>\n"
+    )
+
+
+def unauthorized(path: str) -> Denial:
+    return Denial(
+        401,
+        _page(
+            401,
+            "Unauthorized",
+            f"Your client does not have permission to the requested URL <code>{path}</code>.",
+        ),
+        {
+            "www-authenticate": 'Bearer error="invalid_token" '
+            'error_description="The access token could not be verified"'
+        },
+    )
+
+
+def forbidden(path: str) -> Denial:
+    return Denial(
+        403,
+        _page(
+            403,
+            "Forbidden",
+            f"Your client does not have permission to get URL "
+            f"<code>{path}</code> from this server.",
+        ),
+    )
+
+
+def no_instance() -> Denial:
+    return Denial(429, _page(429, "Server Error", NO_INSTANCE))
+
+
+def unavailable() -> Denial:
+    return Denial(503, _page(503, "Service Unavailable", "Service Unavailable"))
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The ID token: `X-Serverless-Authorization` wins over `Authorization` (as on Cloud Run)."""
+    for name in ("x-serverless-authorization", "authorization"):
+        value = headers.get(name)
+        if value:
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+    return None
+
+
+def check_access(
+    headers: Mapping[str, str], path: str, rules: IngressRules, verify: TokenVerifier
+) -> Denial | None:
+    """None when the request may pass; else Cloud Run's 401 or 403."""
+    public = rules.invoker_iam_disabled or "allUsers" in rules.members
+    token = bearer(headers)
+    if token is None:
+        return None if public else unauthorized(path)
+    claims: Mapping[str, Any] | None = None
+    for audience in rules.audiences:
+        try:
+            claims = verify(token, audience)
+            break
+        except ValueError:
+            continue
+    if public:
+        return None
+    if claims is None:
+        return unauthorized(path)
+    email = str(claims.get("email") or "")
+    allowed = {"allAuthenticatedUsers", f"serviceAccount:{email}", f"user:{email}"}
+    return None if email and allowed & rules.members else forbidden(path)
+
+
+class Ingress:
+    """An ASGI app plus the uvicorn server that serves it on 127.0.0.1:<port>."""
+
+    def __init__(self, verify: TokenVerifier, rules: IngressRules, port: int = 0) -> None:
+        self.verify = verify
+        self.rules = rules
+        self.backend_url: str | None = None
+        self.in_flight = 0
+        self.served = 0
+        self._requested_port = port
+        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def bind(self) -> int:
+        """Reserve the port (the requested one when free, else any); returns it."""
+        return int(self._bound().getsockname()[1])
+
+    def _bound(self) -> socket.socket:
+        if self._socket is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", self._requested_port))
+            except OSError:
+                sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            self._socket = sock
+        return self._socket
+
+    @property
+    def port(self) -> int:
+        return self.bind()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Serve on the bound port from a daemon thread; returns once the server is up."""
+        if self._thread is not None:
+            return
+        sock = self._bound()
+        config = uvicorn.Config(
+            self, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=30
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"ingress-{self.port}", daemon=True
+        )
+        self._thread.start()
+        while not server.started and self._thread.is_alive():
+            threading.Event().wait(0.01)
+
+    def stop(self) -> None:
+        """Close the server and its port; waits for the thread."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._server, self._thread, self._socket = None, None, None
+
+    # -- ASGI --------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._client = httpx.AsyncClient(
+                    timeout=None,
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._client is not None:
+                    await self._client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope.get("path", "/")
+        rules = self.rules
+        denial = check_access(headers, path, rules, self.verify)
+        if denial is None and self.in_flight >= rules.max_in_flight:
+            denial = no_instance()
+        backend = self.backend_url
+        if denial is None and backend is None:
+            denial = unavailable()
+        if denial is not None:
+            await _respond(send, denial)
+            return
+        self.in_flight += 1
+        try:
+            await self._forward(scope, receive, send, headers, str(backend), rules)
+        finally:
+            self.in_flight -= 1
+            self.served += 1
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Mapping[str, str],
+        backend: str,
+        rules: IngressRules,
+    ) -> None:
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        forward = {k: v for k, v in headers.items() if k not in HOP_BY_HOP}
+        client_host = (scope.get("client") or ("127.0.0.1", 0))[0]
+        forward["x-forwarded-for"] = client_host
+        forward["x-forwarded-proto"] = "http"
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = backend.rstrip("/") + scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        url = url.split("?", 1)[0] + (f"?{query}" if query else "")
+        assert self._client is not None
+        timeout = httpx.Timeout(rules.timeout_seconds, connect=10.0)
+        request = self._client.build_request(
+            scope["method"], url, headers=forward, content=bytes(body), timeout=timeout
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError:
+            await _respond(send, unavailable())
+            return
+        try:
+            out = [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in response.headers.multi_items()
+                if k.lower() not in HOP_BY_HOP or k.lower() == "content-length"
+            ]
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": out}
+            )
+            try:
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (TimeoutError, httpx.HTTPError):
+                pass  # the backend broke the stream: end ours as Cloud Run does
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+
+async def _respond(send: Send, denial: Denial) -> None:
+    body = denial.body.encode()
+    headers = [
+        (b"content-type", b"text/html; charset=UTF-8"),
+        (b"content-length", str(len(body)).encode()),
+        *[(k.encode(), v.encode()) for k, v in denial.headers.items()],
+    ]
+    await send({"type": "http.response.start", "status": denial.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
