@@ -1,0 +1,56 @@
+"""The run's memory of ids: what earlier runs wrote and what this run has seen.
+
+A private temporary SQLite database (stdlib; SQLite deletes it when closed, and the OS when the
+process dies) holding a 16-byte digest per id, so the heap stays flat however many ids a batch
+has — a Python set of a million ids would cost ~70 MB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+PRIOR_OK = 1  # a result record exists in the output
+PRIOR_FAILED = 2  # an error record exists in the output
+SEEN = 4  # this run met the id in the input
+RETRIED = 8  # this run sends the id again although an earlier run wrote an error record for it
+
+
+def _key(id_: str) -> bytes:
+    return hashlib.blake2b(id_.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class IdLedger:
+    def __init__(self) -> None:
+        # "" = a private temporary on-disk database; the cache keeps small batches in memory.
+        self._db = sqlite3.connect("", check_same_thread=False)
+        self._db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-8192;"
+            "CREATE TABLE ids (key BLOB PRIMARY KEY, state INTEGER NOT NULL) WITHOUT ROWID;"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def state(self, id_: str) -> int:
+        row = self._db.execute("SELECT state FROM ids WHERE key = ?", (_key(id_),)).fetchone()
+        return int(row[0]) if row else 0
+
+    def add(self, id_: str, bits: int) -> int:
+        """OR ``bits`` into the id's state; returns the state from before."""
+        key = _key(id_)
+        row = self._db.execute("SELECT state FROM ids WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO ids VALUES (?, ?)", (key, bits))
+            return 0
+        before = int(row[0])
+        if before | bits != before:
+            self._db.execute("UPDATE ids SET state = ? WHERE key = ?", (before | bits, key))
+        return before
+
+    def count(self, bits: int, without: int = 0) -> int:
+        """How many ids have all of ``bits`` and none of ``without``."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM ids WHERE state & ? = ? AND state & ? = 0", (bits, bits, without)
+        ).fetchone()
+        return int(row[0])

@@ -1,0 +1,156 @@
+"""Output: result shards, error shards and ``manifest.json`` under the output prefix.
+
+Layout::
+
+    <output>/results/<run>-<seq>.jsonl   result records (tasks.batch.records)
+    <output>/errors/<run>-<seq>.jsonl    error records
+    <output>/manifest.json               counts, model, service, timings, tokens (last run)
+
+``<run>`` is ``<UTC start time>-<random hex>``, so names sort by run and never collide; every
+shard is created once (``if_generation_match=0`` / exclusive create) and never rewritten.
+
+Reconciliation — how the output means "every id exactly once":
+
+1. An id's record is its result record if one exists (a success is final: it is never sent
+   again); otherwise its newest error record (greatest shard name).
+2. A run skips ids that already have a result, and ids that have an error unless
+   ``retry_errors`` is set; then it sends them again and writes the new outcome in its own shards.
+3. At the end of a run that finished, error shards written before it whose every id now has a
+   newer outcome (a result, or a new error written by this run) are deleted (with the generation
+   read at start as precondition). So after a finished run each id is in exactly one shard;
+   after a killed run the rule in 1. still gives one record per id (``iter_final_records``), and
+   the next finished run removes the superseded shards.
+4. Two runs racing on one output never overwrite each other (distinct names, create-only). If
+   both send the same id, rule 1 keeps the result in the earliest shard name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.batch.inputs import iter_lines
+from tasks.batch.ledger import PRIOR_FAILED, PRIOR_OK, RETRIED, SEEN, IdLedger
+from tasks.batch.records import encode_records
+from tasks.batch.stores import ObjectInfo, ObjectStore
+
+RESULTS = "results/"
+ERRORS = "errors/"
+MANIFEST = "manifest.json"
+_MAX_RECORD_BYTES = 256 * 1024 * 1024
+
+logger = logging.getLogger(__name__)
+
+
+def iter_shard_records(store: ObjectStore, name: str) -> Iterator[dict[str, Any]]:
+    """The records of one shard, streamed."""
+    with store.open_read(name) as stream:
+        for line_no, raw, _ in iter_lines(stream, _MAX_RECORD_BYTES):
+            if not raw or not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                logger.warning("skipping unreadable line %d of %s", line_no, store.uri_of(name))
+                continue
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                yield record
+
+
+def list_shards(store: ObjectStore, kind: str) -> list[ObjectInfo]:
+    return sorted(
+        (
+            o
+            for o in store.list(kind)
+            if o.name.endswith(".jsonl") and "/" not in o.name[len(kind) :]
+        ),
+        key=lambda o: o.name,
+    )
+
+
+@dataclass(frozen=True)
+class OutputScan:
+    result_shards: list[ObjectInfo]
+    error_shards: list[ObjectInfo]
+    succeeded: int  # distinct ids with a result
+    failed: int  # distinct ids with only error records
+
+
+def scan_output(store: ObjectStore, ledger: IdLedger) -> OutputScan:
+    """Record in ``ledger`` every id the output already holds."""
+    results, errors = list_shards(store, RESULTS), list_shards(store, ERRORS)
+    for shard in results:
+        for record in iter_shard_records(store, shard.name):
+            ledger.add(record["id"], PRIOR_OK)
+    for shard in errors:
+        for record in iter_shard_records(store, shard.name):
+            ledger.add(record["id"], PRIOR_FAILED)
+    return OutputScan(
+        results,
+        errors,
+        succeeded=ledger.count(PRIOR_OK),
+        failed=ledger.count(PRIOR_FAILED, without=PRIOR_OK),
+    )
+
+
+class ShardWriter:
+    def __init__(self, store: ObjectStore, run_token: str) -> None:
+        self.store = store
+        self.run_token = run_token
+
+    def write(
+        self, seq: int, results: list[dict[str, Any]], errors: list[dict[str, Any]]
+    ) -> list[str]:
+        """Create this shard's result and error objects (each only if it has records)."""
+        written = []
+        for kind, records in ((RESULTS, results), (ERRORS, errors)):
+            if records:
+                name = f"{kind}{self.run_token}-{seq:06d}.jsonl"
+                self.store.create(name, encode_records(records))
+                written.append(self.store.uri_of(name))
+        return written
+
+
+def retire_superseded_errors(
+    store: ObjectStore, prior_error_shards: list[ObjectInfo], ledger: IdLedger
+) -> list[str]:
+    """Delete earlier error shards whose every id now has a newer outcome (rule 3 above).
+
+    Call only after every shard of this run was written.
+    """
+    deleted = []
+    for shard in prior_error_shards:
+        superseded = True
+        for record in iter_shard_records(store, shard.name):
+            state = ledger.state(record["id"])
+            if not (state & PRIOR_OK or (state & RETRIED and state & SEEN)):
+                superseded = False
+                break
+        if superseded:
+            store.delete(shard.name, shard.generation)
+            deleted.append(store.uri_of(shard.name))
+    return deleted
+
+
+def iter_final_records(store: ObjectStore) -> Iterator[dict[str, Any]]:
+    """Every id's one record by the reconciliation rule. Holds the ids in memory (a reader tool)."""
+    seen: set[str] = set()
+    for shard in list_shards(store, RESULTS):
+        for record in iter_shard_records(store, shard.name):
+            if record["id"] not in seen:
+                seen.add(record["id"])
+                yield record
+    latest_errors: dict[str, dict[str, Any]] = {}
+    for shard in list_shards(store, ERRORS):
+        for record in iter_shard_records(store, shard.name):
+            if record["id"] not in seen:
+                latest_errors[record["id"]] = record
+    yield from latest_errors.values()
+
+
+def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> str:
+    store.put(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+    return store.uri_of(MANIFEST)

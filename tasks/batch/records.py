@@ -1,0 +1,115 @@
+"""The batch's data: one input line parsed into a request (or a problem), and the output records.
+
+Output records are JSON objects, one per line:
+
+- result: ``id, response, model, done_reason, prompt_eval_count, eval_count, total_duration,
+  load_duration, prompt_eval_duration, eval_duration`` (Ollama's names; durations in nanoseconds,
+  ``null`` when the server did not report them, e.g. in OpenAI mode), ``latency_s`` (client side,
+  last attempt), ``attempts``, ``file`` and ``line`` (where the prompt came from).
+- error: ``id, error`` (the reason), ``status`` (HTTP status, -1 for an error line mid-stream, null
+  for bad input or a transport failure), ``kind`` (``input`` or ``request``), ``attempts``,
+  ``file`` and ``line``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Anything that looks like a bearer token or a JWT never reaches a record or a log line.
+_SECRET_RE = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+    r"|ya29\.[A-Za-z0-9._-]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with bearer tokens, JWTs and OAuth access tokens replaced by ``[REDACTED]``."""
+    return _SECRET_RE.sub(lambda m: (m.group(1) or "") + "[REDACTED]", text)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRequest:
+    """One prompt to send: ``prompt`` (generate) or ``messages`` (chat), never both."""
+
+    id: str
+    file: str
+    line: int
+    size: int  # bytes of the input line, newline included (progress is measured in bytes)
+    prompt: str | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
+    system: str | None = None
+    options: dict[str, Any] | None = None
+    format: str | dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    """A line that cannot become a request: it is reported as an error record, never dropped."""
+
+    id: str
+    file: str
+    line: int
+    size: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What the server answered, in Ollama's terms."""
+
+    text: str
+    model: str
+    done_reason: str | None = None
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_duration: int | None = None
+
+
+def result_record(
+    request: PromptRequest, completion: Completion, latency_s: float, attempts: int
+) -> dict[str, Any]:
+    return {
+        "id": request.id,
+        "response": completion.text,
+        "model": completion.model,
+        "done_reason": completion.done_reason,
+        "prompt_eval_count": completion.prompt_eval_count,
+        "eval_count": completion.eval_count,
+        "total_duration": completion.total_duration,
+        "load_duration": completion.load_duration,
+        "prompt_eval_duration": completion.prompt_eval_duration,
+        "eval_duration": completion.eval_duration,
+        "latency_s": round(latency_s, 6),
+        "attempts": attempts,
+        "file": request.file,
+        "line": request.line,
+    }
+
+
+def error_record(
+    item: PromptRequest | InputProblem,
+    reason: str,
+    *,
+    status: int | None = None,
+    attempts: int = 0,
+) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "error": redact(reason),
+        "status": status,
+        "kind": "input" if isinstance(item, InputProblem) else "request",
+        "attempts": attempts,
+        "file": item.file,
+        "line": item.line,
+    }
+
+
+def encode_records(records: list[dict[str, Any]]) -> bytes:
+    """JSONL bytes; ASCII-escaped so any text (even a lone surrogate) round-trips."""
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode("ascii")

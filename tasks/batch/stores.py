@@ -1,0 +1,186 @@
+"""Where prompts come from and results go: a Cloud Storage prefix or a local directory.
+
+One small interface, two back ends. Names are relative to the store's base (a bucket prefix
+ending in ``/``, or a directory). ``create`` never overwrites: Cloud Storage uploads carry
+``if_generation_match=0``; local files are written to a hidden temporary name and hard-linked
+into place, which fails if the name exists (and a killed process never leaves half a file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import storage  # type: ignore[attr-defined]
+
+READ_CHUNK_BYTES = 4 * 1024 * 1024
+_GCS_RETRY = Retry(initial=0.5, maximum=10.0, multiplier=2.0, timeout=120.0)
+
+
+class ObjectExistsError(Exception):
+    """``create`` found the name already taken (another run, or an earlier attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    name: str  # relative to the store's base
+    size: int
+    generation: int | None = None  # Cloud Storage generation; None for local files
+
+
+class ObjectStore(Protocol):
+    base_uri: str  # "gs://bucket/prefix/" or "/abs/dir/"
+
+    def uri_of(self, name: str) -> str: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def stat(self, name: str) -> ObjectInfo | None: ...
+    def open_read(self, name: str) -> IO[bytes]: ...
+    def read_bytes(self, name: str) -> bytes: ...
+    def create(self, name: str, data: bytes) -> None: ...
+    def put(self, name: str, data: bytes) -> None: ...
+    def delete(self, name: str, generation: int | None = None) -> None: ...
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/path`` → ``("bucket", "path")``; a clear error for anything else."""
+    if not uri.startswith("gs://"):
+        raise ValueError(f"not a gs:// URI: {uri!r}")
+    bucket, _, path = uri[len("gs://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"gs:// URI without a bucket: {uri!r}")
+    return bucket, path
+
+
+class GcsStore:
+    def __init__(self, client: storage.Client, bucket: str, prefix: str) -> None:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        self._client = client
+        self._bucket = client.bucket(bucket)
+        self.bucket_name = bucket
+        self.prefix = prefix
+        self.base_uri = f"gs://{bucket}/{prefix}"
+
+    def uri_of(self, name: str) -> str:
+        return self.base_uri + name
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for blob in self._client.list_blobs(self.bucket_name, prefix=self.prefix + prefix):
+            name = blob.name[len(self.prefix) :]
+            if name and not name.endswith("/"):
+                yield ObjectInfo(name, int(blob.size or 0), blob.generation)
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        blob = self._bucket.get_blob(self.prefix + name)
+        return None if blob is None else ObjectInfo(name, int(blob.size or 0), blob.generation)
+
+    def open_read(self, name: str) -> IO[bytes]:
+        blob = self._bucket.blob(self.prefix + name)
+        reader: IO[bytes] = blob.open("rb", chunk_size=READ_CHUNK_BYTES, retry=_GCS_RETRY)
+        return reader
+
+    def read_bytes(self, name: str) -> bytes:
+        data: bytes = self._bucket.blob(self.prefix + name).download_as_bytes(retry=_GCS_RETRY)
+        return data
+
+    def create(self, name: str, data: bytes) -> None:
+        blob = self._bucket.blob(self.prefix + name)
+        try:
+            # With a generation precondition the upload is safe to retry, and it is retried.
+            blob.upload_from_string(
+                data, content_type="application/x-ndjson", if_generation_match=0
+            )
+        except gexc.PreconditionFailed as exc:
+            # A retried upload whose first attempt landed looks the same as a real collision.
+            if self.read_bytes(name) == data:
+                return
+            raise ObjectExistsError(self.uri_of(name)) from exc
+
+    def put(self, name: str, data: bytes) -> None:
+        blob = self._bucket.blob(self.prefix + name)
+        blob.upload_from_string(data, content_type="application/json", retry=_GCS_RETRY)
+
+    def delete(self, name: str, generation: int | None = None) -> None:
+        with contextlib.suppress(gexc.NotFound):
+            self._bucket.blob(self.prefix + name).delete(
+                if_generation_match=generation, retry=_GCS_RETRY
+            )
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+        self.base_uri = str(self.root) + os.sep
+
+    def _path(self, name: str) -> Path:
+        return self.root / name
+
+    def uri_of(self, name: str) -> str:
+        return str(self._path(name))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue  # temporary files of an unfinished create
+                path = Path(dirpath, filename)
+                name = path.relative_to(self.root).as_posix()
+                if name.startswith(prefix):
+                    yield ObjectInfo(name, path.stat().st_size)
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        path = self._path(name)
+        return ObjectInfo(name, path.stat().st_size) if path.is_file() else None
+
+    def open_read(self, name: str) -> IO[bytes]:
+        return open(self._path(name), "rb")
+
+    def read_bytes(self, name: str) -> bytes:
+        return self._path(name).read_bytes()
+
+    def _write_temp(self, name: str, data: bytes) -> Path:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return temp
+
+    def create(self, name: str, data: bytes) -> None:
+        temp = self._write_temp(name, data)
+        try:
+            os.link(temp, self._path(name))
+        except FileExistsError as exc:
+            raise ObjectExistsError(self.uri_of(name)) from exc
+        finally:
+            temp.unlink()
+
+    def put(self, name: str, data: bytes) -> None:
+        os.replace(self._write_temp(name, data), self._path(name))
+
+    def delete(self, name: str, generation: int | None = None) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+
+def open_store(uri: str, client: storage.Client | None = None) -> GcsStore | LocalStore:
+    """A store rooted at ``uri`` (a ``gs://bucket/prefix`` or a local directory)."""
+    if uri.startswith("gs://"):
+        bucket, prefix = split_gs_uri(uri)
+        if client is None:
+            raise ValueError("a gs:// location needs a storage client")
+        return GcsStore(client, bucket, prefix)
+    if "://" in uri:
+        raise ValueError(f"unsupported location {uri!r}: use gs://bucket/path or a local path")
+    return LocalStore(Path(uri).expanduser())

@@ -1,0 +1,108 @@
+"""Where the prompts go: a Cloud Run service found by name, or any base URL.
+
+For a Cloud Run service the uri, max instances, per-instance concurrency and the instance's
+resources (for the cost estimate) are read from Cloud Run Admin v2 through the official client.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from google.cloud import run_v2
+
+from tasks.clients import GoogleCloud, run_services_client
+
+SERVICE_ID_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
+CLOUD_RUN_DEFAULT_CONCURRENCY = 80  # Cloud Run's default when the template leaves it 0
+CLOUD_RUN_DEFAULT_MAX_INSTANCES = 100
+
+
+@dataclass(frozen=True)
+class Target:
+    uri: str
+    service: str | None  # Cloud Run service name, None for a plain URL
+    max_instances: int
+    concurrency: int
+    cpu: float = 8.0
+    memory_gib: float = 32.0
+    gpus: int = 1
+    gpu_zonal_redundancy: bool = False
+
+    @property
+    def slots(self) -> int:
+        return self.max_instances * self.concurrency
+
+
+def is_url(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+def _cpu(value: str | None, default: float) -> float:
+    if not value:
+        return default
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def _memory_gib(value: str | None, default: float) -> float:
+    if not value:
+        return default
+    units = {
+        "Ki": 2**-20,
+        "Mi": 2**-10,
+        "Gi": 1.0,
+        "Ti": 1024.0,
+        "K": 1e3 / 2**30,
+        "M": 1e6 / 2**30,
+        "G": 1e9 / 2**30,
+    }
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * factor
+    return float(value) / 2**30
+
+
+def target_from_service(service: run_v2.Service) -> Target:
+    if not service.uri:
+        raise ValueError(f"Cloud Run service {service.name} has no uri yet (not ready?)")
+    ready = run_v2.Condition.State.CONDITION_SUCCEEDED
+    if service.terminal_condition and service.terminal_condition.state not in (0, ready):
+        raise ValueError(
+            f"Cloud Run service {service.name} is not ready: {service.terminal_condition.message}"
+        )
+    template = service.template
+    max_instances = (
+        template.scaling.max_instance_count
+        or service.scaling.max_instance_count
+        or CLOUD_RUN_DEFAULT_MAX_INSTANCES
+    )
+    concurrency = template.max_instance_request_concurrency or CLOUD_RUN_DEFAULT_CONCURRENCY
+    limits = dict(template.containers[0].resources.limits) if template.containers else {}
+    return Target(
+        uri=service.uri.rstrip("/"),
+        service=service.name.rsplit("/", 1)[-1],
+        max_instances=max_instances,
+        concurrency=concurrency,
+        cpu=_cpu(limits.get("cpu"), 1.0),
+        memory_gib=_memory_gib(limits.get("memory"), 0.5),
+        gpus=int(limits.get("nvidia.com/gpu", "0") or 0),
+        gpu_zonal_redundancy=not template.gpu_zonal_redundancy_disabled,
+    )
+
+
+def lookup_service(cloud: GoogleCloud, region: str, name: str) -> Target:
+    if not SERVICE_ID_RE.match(name):
+        raise ValueError(
+            f"target {name!r} is neither an http(s):// URL nor a Cloud Run service name "
+            "(lowercase letters, digits and '-', starting with a letter, at most 49 characters)"
+        )
+    client = run_services_client(cloud)
+    service = client.get_service(name=client.service_path(cloud.project, region, name), timeout=30)
+    return target_from_service(service)
+
+
+def url_target(url: str, concurrency: int) -> Target:
+    """A plain Ollama / OpenAI-compatible server: one instance, ``concurrency`` slots, no cost."""
+    return Target(
+        uri=url.rstrip("/"), service=None, max_instances=1, concurrency=concurrency, gpus=0
+    )
