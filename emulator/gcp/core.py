@@ -639,7 +639,8 @@ class Route:
         verb = None
         if ":" in last:
             path, verb = path.rsplit(":", 1)
-        object.__setattr__(self, "segments", tuple(path.strip("/").split("/")))
+        stripped = path.strip("/")
+        object.__setattr__(self, "segments", tuple(stripped.split("/")) if stripped else ())
         object.__setattr__(self, "verb", verb)
 
     def match(self, method: str, segments: list[str]) -> dict[str, str] | None:
@@ -673,7 +674,7 @@ class Route:
 
     def _tail_takes_colon(self) -> bool:
         # Docker image names carry ":" in "@sha256:..."; a verb-less variable takes any text.
-        return self.segments[-1].startswith("{")
+        return bool(self.segments) and self.segments[-1].startswith("{")
 
 
 def paginate(

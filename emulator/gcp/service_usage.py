@@ -31,6 +31,7 @@ from emulator.gcp.core import (
 if TYPE_CHECKING:
     from emulator.gcp.core import Emulator
 
+SERVICE = "serviceusage.googleapis.com"  # always enabled; routes still check tokens
 MAX_BATCH_ENABLE = 20
 MAX_BATCH_GET = 30
 NOOP_OPERATION = "operations/noop.DONE_OPERATION"
@@ -223,10 +224,10 @@ def routes(emulator: Emulator) -> list[Route]:
 
     base = "/v1/projects/{project}/services"
     return [
-        Route("POST", base + ":batchEnable", batch_enable),
-        Route("GET", base + ":batchGet", batch_get),
-        Route("GET", base, list_services),
-        Route("POST", base + "/{service}:enable", enable),
-        Route("POST", base + "/{service}:disable", disable),
-        Route("GET", base + "/{service}", get),
+        Route("POST", base + ":batchEnable", batch_enable, SERVICE),
+        Route("GET", base + ":batchGet", batch_get, SERVICE),
+        Route("GET", base, list_services, SERVICE),
+        Route("POST", base + "/{service}:enable", enable, SERVICE),
+        Route("POST", base + "/{service}:disable", disable, SERVICE),
+        Route("GET", base + "/{service}", get, SERVICE),
     ]
