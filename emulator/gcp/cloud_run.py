@@ -403,7 +403,8 @@ class CloudRunBackend:
         service.uid = str(uuid.uuid4())
         service.create_time = _ts(now)
         service.creator = caller or ""
-        record = ServiceRecord(key[0], location, service_id, service, policy_pb2.Policy())
+        empty_policy = policy_pb2.Policy(version=1, etag=base64.b64decode("ACAB"))
+        record = ServiceRecord(key[0], location, service_id, service, empty_policy)
         self._services[key] = record
         record.ingress = Ingress(self._emulator.signer.verify_id_token, IngressRules())
         record.ingress.bind()

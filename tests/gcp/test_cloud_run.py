@@ -1,0 +1,361 @@
+"""Cloud Run Admin v2 through the official `run_v2` REST client against an in-process emulator:
+validation errors (class + message), the GPU quota, generations and revisions, IAM policy, and a
+service that is really served through its ingress (ID tokens, run.invoker, 429), then deleted."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+import uvicorn
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.cloud import run_v2
+from google.iam.v1 import iam_policy_pb2, policy_pb2
+from google.oauth2 import service_account
+from google.protobuf import duration_pb2
+
+from emulator.gcp import cloud_run
+from emulator.gcp.app import api_routes, backend_factories, create_app
+from emulator.gcp.auth import TokenSigner
+from emulator.gcp.core import Emulator, EmulatorConfig
+
+PROJECT = "run-project"
+LOCATION = "us-central1"
+REPO = "ollama"
+IMAGE = f"{LOCATION}-docker.pkg.dev/{PROJECT}/{REPO}/ollama-gemma"
+DIGEST = "sha256:" + "ab" * 32
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
+@dataclass
+class RunEnv:
+    emulator: Emulator
+    base_url: str
+    key_info: dict[str, str]
+
+    @property
+    def email(self) -> str:
+        return self.key_info["client_email"]
+
+    def client(self) -> run_v2.ServicesClient:
+        creds = service_account.Credentials.from_service_account_info(self.key_info, scopes=SCOPES)
+        return run_v2.ServicesClient(
+            credentials=creds,
+            transport="rest",
+            client_options=ClientOptions(api_endpoint=self.base_url),
+        )
+
+    def id_token(self, audience: str, email: str | None = None, lifetime: int = 300) -> str:
+        return self.emulator.signer.mint_id_token(email or self.email, audience, lifetime)
+
+
+@pytest.fixture(scope="module")
+def run_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunEnv]:
+    state_dir: Path = tmp_path_factory.mktemp("cloud-run")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = EmulatorConfig(project=PROJECT, port=port, state_dir=state_dir, gpu_quota=7)
+    factories = {**backend_factories(), "cloud_run": cloud_run.CloudRunBackend}
+    emulator = Emulator(config, TokenSigner.generate(), factories)
+    routes = [r for r in api_routes(emulator) if "/services" not in r.template]
+    routes += cloud_run.routes(emulator)
+    routes.sort(key=lambda r: r.verb is None)
+    app = create_app(emulator, routes)
+    base = f"http://127.0.0.1:{port}"
+    info = emulator.signer.service_account_info(PROJECT, f"{base}/token")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield RunEnv(emulator, base, info)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture
+def run_env(run_server: RunEnv) -> Iterator[RunEnv]:
+    emu = run_server.emulator
+    with emu.lock:
+        emu.service_usage.enable(PROJECT, ["run.googleapis.com", "artifactregistry.googleapis.com"])
+        from google.cloud import artifactregistry_v1 as ar
+
+        emu.artifact_registry.create_repository(
+            PROJECT, LOCATION, REPO, ar.Repository(format_=ar.Repository.Format.DOCKER)
+        )
+        tags = ["latest", "v1"]
+        model = {"model": "gemma2:9b"}
+        emu.artifact_registry.push_image(
+            PROJECT, LOCATION, REPO, "ollama-gemma", tags, DIGEST, model
+        )
+    initial = emu.config
+    yield run_server
+    emu.config = initial
+    emu.reset()
+
+
+def gpu_service(
+    image: str = f"{IMAGE}:v1",
+    *,
+    cpu: str = "8",
+    memory: str = "32Gi",
+    max_instances: int = 7,
+    concurrency: int = 4,
+    accelerator: str = "nvidia-l4",
+    zonal_redundancy_disabled: bool = True,
+    cpu_idle: bool = False,
+    parallel: str = "4",
+) -> run_v2.Service:
+    return run_v2.Service(
+        labels={"managed-by": "ollama-cloudrun"},
+        template=run_v2.RevisionTemplate(
+            max_instance_request_concurrency=concurrency,
+            timeout=duration_pb2.Duration(seconds=600),
+            scaling=run_v2.RevisionScaling(max_instance_count=max_instances),
+            node_selector=run_v2.NodeSelector(accelerator=accelerator),
+            gpu_zonal_redundancy_disabled=zonal_redundancy_disabled,
+            containers=[
+                run_v2.Container(
+                    image=image,
+                    env=[run_v2.EnvVar(name="OLLAMA_NUM_PARALLEL", value=parallel)],
+                    resources=run_v2.ResourceRequirements(
+                        limits={"cpu": cpu, "memory": memory, "nvidia.com/gpu": "1"},
+                        cpu_idle=cpu_idle,
+                    ),
+                )
+            ],
+        ),
+    )
+
+
+def parent(location: str = LOCATION) -> str:
+    return f"projects/{PROJECT}/locations/{location}"
+
+
+def sid() -> str:
+    return f"svc-{uuid.uuid4().hex[:8]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (400 on the create call, as Google's admission does).
+
+
+@pytest.mark.parametrize(
+    ("overrides", "service_id", "message"),
+    [
+        ({}, "Bad_Name", "Invalid value specified for service_id"),
+        ({}, "1starts-with-digit", "Invalid value specified for service_id"),
+        ({}, "x" * 50, "at most 49 characters"),
+        ({"cpu": "2"}, None, "GPU services require at least 4 CPU"),
+        ({"memory": "8Gi"}, None, "GPU services require at least 16Gi"),
+        ({"cpu_idle": True}, None, "CPU to be always allocated"),
+        ({"accelerator": "nvidia-t4"}, None, "Supported values: nvidia-l4"),
+        ({"concurrency": 1001}, None, "between 1 and 1000"),
+        ({"max_instances": 1001}, None, "max_instance_count: must be between 0 and 1000"),
+    ],
+)
+def test_create_rejects_what_google_rejects(
+    run_env: RunEnv, overrides: dict[str, Any], service_id: str | None, message: str
+) -> None:
+    client = run_env.client()
+    with pytest.raises(gexc.BadRequest) as info:
+        client.create_service(
+            parent=parent(), service=gpu_service(**overrides), service_id=service_id or sid()
+        )
+    assert message in info.value.message
+
+
+def test_timeout_over_an_hour_is_rejected(run_env: RunEnv) -> None:
+    svc = gpu_service()
+    svc.template.timeout = duration_pb2.Duration(seconds=3601)
+    with pytest.raises(gexc.BadRequest, match=r"template\.timeout: must be between 1s and 3600s"):
+        run_env.client().create_service(parent=parent(), service=svc, service_id=sid())
+
+
+def test_gpu_quota_per_project_region_and_pool(run_env: RunEnv) -> None:
+    run_env.emulator.config = run_env.emulator.config.model_copy(update={"gpu_quota": 3})
+    client = run_env.client()
+    with pytest.raises(gexc.BadRequest) as info:
+        client.create_service(parent=parent(), service=gpu_service(), service_id=sid())
+    assert info.value.message.endswith(
+        "Max instances must be set to 3 or fewer in order to set GPU requirements. To request "
+        "quota: g.co/cloudrun/gpu-quota Quota violated: "
+        "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion requested: 7 allowed: 3"
+    )
+    # Within quota it is accepted; the remaining quota then shrinks for the next service.
+    client.create_service(
+        parent=parent(), service=gpu_service(max_instances=2), service_id=sid()
+    ).result(timeout=60)
+    with pytest.raises(gexc.BadRequest, match="requested: 2 allowed: 1"):
+        client.create_service(
+            parent=parent(), service=gpu_service(max_instances=2), service_id=sid()
+        )
+    # The other pool (zonal redundancy on) and another region are independent.
+    with pytest.raises(gexc.BadRequest, match="NvidiaL4GpuAllocPerProjectRegion requested: 4"):
+        client.create_service(
+            parent=parent(),
+            service=gpu_service(max_instances=4, zonal_redundancy_disabled=False),
+            service_id=sid(),
+        )
+    other = client.create_service(
+        parent=parent("europe-west1"), service=gpu_service(max_instances=3), service_id=sid()
+    ).result(timeout=60)
+    assert other.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+
+
+def test_image_missing_from_registry_fails_the_operation(run_env: RunEnv) -> None:
+    client = run_env.client()
+    missing = f"{IMAGE}:does-not-exist"
+    op = client.create_service(parent=parent(), service=gpu_service(missing), service_id=sid())
+    with pytest.raises(gexc.GoogleAPICallError, match=f"Image '{missing}' not found."):
+        op.result(timeout=60)
+    svc = client.get_service(name=op.metadata.name)
+    assert svc.terminal_condition.state == run_v2.Condition.State.CONDITION_FAILED
+    assert "not found" in svc.terminal_condition.message
+
+
+def test_not_found_conflict_and_allow_missing(run_env: RunEnv) -> None:
+    client = run_env.client()
+    name = f"{parent()}/services/{sid()}"
+    with pytest.raises(gexc.NotFound, match="does not exist"):
+        client.get_service(name=name)
+    svc = gpu_service()
+    svc.name = name
+    with pytest.raises(gexc.NotFound):
+        client.update_service(service=svc).result(timeout=60)
+    created = client.update_service(
+        request=run_v2.UpdateServiceRequest(service=svc, allow_missing=True)
+    ).result(timeout=60)
+    assert created.name == name and created.generation == 1
+    with pytest.raises(gexc.Conflict, match="already exists"):
+        client.create_service(parent=parent(), service=gpu_service(), service_id=name[-12:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle: ready → served → IAM → 401/403/429 → update → delete.
+
+
+def test_service_is_served_behind_the_ingress(run_env: RunEnv) -> None:
+    client = run_env.client()
+    service_id = sid()
+    op = client.create_service(
+        parent=parent(), service=gpu_service(max_instances=1, concurrency=1), service_id=service_id
+    )
+    svc = op.result(timeout=120)
+    assert svc.generation == 1 and svc.observed_generation == 1
+    assert not svc.reconciling
+    assert svc.terminal_condition.type_ == "Ready"
+    assert svc.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
+    assert svc.latest_ready_revision == svc.latest_created_revision
+    assert svc.latest_created_revision.startswith(f"{service_id}-00001-")
+    assert len(svc.latest_created_revision) == len(service_id) + 10
+    assert svc.creator == run_env.email
+    assert svc.uri.startswith("http://127.0.0.1:") and svc.urls == [svc.uri]
+    assert svc.labels["managed-by"] == "ollama-cloudrun"
+    assert svc.traffic_statuses[0].percent == 100
+
+    # 401 without a token, with a bad one, or with the wrong audience.
+    assert httpx.get(f"{svc.uri}/api/tags").status_code == 401
+    bad = {"Authorization": "Bearer not-a-jwt"}
+    assert httpx.get(f"{svc.uri}/api/tags", headers=bad).status_code == 401
+    wrong_aud = {"Authorization": f"Bearer {run_env.id_token('https://elsewhere.run.app')}"}
+    assert httpx.get(f"{svc.uri}/api/tags", headers=wrong_aud).status_code == 401
+    expired = {"Authorization": f"Bearer {run_env.id_token(svc.uri, lifetime=-600)}"}
+    assert httpx.get(f"{svc.uri}/api/tags", headers=expired).status_code == 401
+    # 403 with a valid token that is not a run.invoker member.
+    token = run_env.id_token(svc.uri)
+    headers = {"Authorization": f"Bearer {token}"}
+    denied = httpx.get(f"{svc.uri}/api/tags", headers=headers)
+    assert denied.status_code == 403 and "Forbidden" in denied.text
+
+    policy = client.get_iam_policy(request={"resource": svc.name})
+    policy.bindings.add(role="roles/run.invoker", members=[f"serviceAccount:{run_env.email}"])
+    new = client.set_iam_policy(
+        request=iam_policy_pb2.SetIamPolicyRequest(resource=svc.name, policy=policy)
+    )
+    assert new.etag and new.etag != policy.etag
+    assert list(new.bindings[0].members) == [f"serviceAccount:{run_env.email}"]
+    stale = policy_pb2.Policy()
+    stale.CopyFrom(policy)
+    with pytest.raises(gexc.Conflict):
+        client.set_iam_policy(
+            request=iam_policy_pb2.SetIamPolicyRequest(resource=svc.name, policy=stale)
+        )
+
+    # Served: the official ollama client lists the model baked into the image.
+    oc = ollama.Client(host=svc.uri, headers=headers)
+    assert [m.model for m in oc.list().models] == ["gemma2:9b"]
+    other = {"Authorization": f"Bearer {run_env.id_token(svc.uri, 'someone@example.com')}"}
+    assert httpx.get(f"{svc.uri}/api/tags", headers=other).status_code == 403
+
+    # 429 once max instances × concurrency (1 × 1) requests are in flight: a stream counts
+    # until its last byte.
+    with httpx.Client(timeout=60) as http:
+        body = {"model": "gemma2:9b", "prompt": "count slowly", "stream": True}
+        with http.stream("POST", f"{svc.uri}/api/generate", json=body, headers=headers) as r:
+            assert r.status_code == 200
+            busy = http.get(f"{svc.uri}/api/tags", headers=headers)
+            assert busy.status_code == 429
+            assert "no available instance" in busy.text
+            lines = list(r.iter_lines())
+            assert lines and '"done":true' in lines[-1].replace(" ", "")
+        assert http.get(f"{svc.uri}/api/tags", headers=headers).status_code == 200
+
+    # A label-only update: new generation, same revision; a template change: new revision.
+    svc.labels["team"] = "ml"
+    updated = client.update_service(service=svc).result(timeout=60)
+    assert updated.generation == 2 and updated.observed_generation == 2
+    assert updated.latest_created_revision == svc.latest_created_revision
+    same = client.update_service(service=updated).result(timeout=60)
+    assert same.generation == 2
+    updated.template.containers[0].env.append(run_v2.EnvVar(name="X", value="1"))
+    revised = client.update_service(service=updated).result(timeout=120)
+    assert revised.generation == 3
+    assert revised.latest_created_revision.startswith(f"{service_id}-00003-")
+    assert revised.latest_ready_revision == revised.latest_created_revision
+    assert oc.list().models[0].model == "gemma2:9b"
+
+    # Delete stops the backend and frees the ingress port.
+    record = run_env.emulator.cloud_run._services[(PROJECT, LOCATION, service_id)]
+    process = record.backend.server.process
+    client.delete_service(name=svc.name).result(timeout=60)
+    assert process.poll() is not None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{svc.uri}/api/tags", headers=headers)
+    with pytest.raises(gexc.NotFound):
+        client.get_service(name=svc.name)
+    with pytest.raises(gexc.NotFound):
+        client.delete_service(name=svc.name)
+
+
+def test_public_service_and_list(run_env: RunEnv) -> None:
+    client = run_env.client()
+    svc = client.create_service(
+        parent=parent(), service=gpu_service(max_instances=1), service_id=sid()
+    ).result(timeout=120)
+    client.set_iam_policy(
+        request=iam_policy_pb2.SetIamPolicyRequest(
+            resource=svc.name,
+            policy=policy_pb2.Policy(
+                bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["allUsers"])]
+            ),
+        )
+    )
+    assert httpx.get(f"{svc.uri}/api/tags").status_code == 200
+    names = [s.name for s in client.list_services(parent=parent())]
+    assert svc.name in names
+    client.delete_service(name=svc.name).result(timeout=60)
