@@ -216,6 +216,9 @@ async def _serve(config: ServerConfig, host: str, port: int, ready_file: Path | 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # llama.cpp's OpenMP threads spin while waiting by default; on a shared machine that starves
+    # everything else (the server's own event loop included).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         stream=sys.stderr,
