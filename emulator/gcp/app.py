@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from emulator.gcp import artifact_registry, auth, cloud_build, iam, service_usage
+from emulator.gcp import artifact_registry, auth, cloud_build, cloud_run, iam, service_usage
 from emulator.gcp.core import (
     RUNTIME_CONFIG_FIELDS,
     Backend,
@@ -51,6 +51,7 @@ def backend_factories() -> dict[str, BackendFactory]:
         "artifact_registry": artifact_registry.ArtifactRegistryBackend,
         "iam": iam.IamBackend,
         "cloud_build": cloud_build.CloudBuildBackend,
+        "cloud_run": cloud_run.CloudRunBackend,
     }
     return factories
 
@@ -65,6 +66,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         *iam.routes(emulator),
         *auth.routes(emulator),
         *cloud_build.routes(emulator),
+        *cloud_run.routes(emulator),
     ]
     # A route with a custom verb (`:enable`) wins over a variable that would swallow it.
     return sorted(table, key=lambda r: r.verb is None)
