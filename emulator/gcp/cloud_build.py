@@ -724,6 +724,8 @@ class CloudBuildBackend:
             f"?project={number}"
         )
         plan = self._plan(build, project)
+        now = clock()  # the source fetch above took time: the build is queued from here
+        build.create_time = _ts(now)
         seconds = self._emulator.config.build_seconds
         timeout = build.timeout.total_seconds()
         record = BuildRecord(
