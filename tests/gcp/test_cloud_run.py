@@ -359,3 +359,54 @@ def test_public_service_and_list(run_env: RunEnv) -> None:
     names = [s.name for s in client.list_services(parent=parent())]
     assert svc.name in names
     client.delete_service(name=svc.name).result(timeout=60)
+
+
+def test_ready_service_is_served_again_after_a_restart(tmp_path: Path) -> None:
+    """State saved to the state dir; a new emulator on it restarts the service's backend."""
+    from google.cloud import artifactregistry_v1 as ar
+
+    def make() -> Emulator:
+        config = EmulatorConfig(project=PROJECT, state_dir=tmp_path)
+        factories = {**backend_factories(), "cloud_run": cloud_run.CloudRunBackend}
+        emulator = Emulator(config, TokenSigner.load_or_create(tmp_path), factories)
+        emulator.load()
+        return emulator
+
+    first = make()
+    with first.lock:
+        first.service_usage.enable(PROJECT, ["run.googleapis.com"])
+        first.artifact_registry.create_repository(
+            PROJECT, LOCATION, REPO, ar.Repository(format_=ar.Repository.Format.DOCKER)
+        )
+        first.artifact_registry.push_image(
+            PROJECT, LOCATION, REPO, "ollama-gemma", ["v1"], DIGEST, {"model": "gemma2:9b"}
+        )
+        body = run_v2.Service.to_dict(gpu_service(max_instances=1))
+        op = first.cloud_run.create_service(PROJECT, LOCATION, "restored", body, None)
+    deadline = time.monotonic() + 60
+    while not first.operations.is_done(op["name"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        with first.lock:
+            first.operations.get_json(op["name"])
+    uri = first.cloud_run.get_service(PROJECT, LOCATION, "restored").uri
+    first.close()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{uri}/api/tags")
+
+    second = make()
+    try:
+        record = second.cloud_run._services[(PROJECT, LOCATION, "restored")]
+        while record.backend is None:
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.1)
+        svc = second.cloud_run.get_service(PROJECT, LOCATION, "restored")
+        invoker = policy_pb2.Policy(
+            bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["allUsers"])]
+        )
+        second.cloud_run.set_iam_policy(PROJECT, LOCATION, "restored", invoker)
+        tags = httpx.get(f"{svc.uri}/api/tags", timeout=30).json()
+        assert [m["name"] for m in tags["models"]] == ["gemma2:9b"]
+    finally:
+        second.close()
+    assert record.backend is not None and record.backend.server.process.poll() is not None
