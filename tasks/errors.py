@@ -3,7 +3,7 @@
 Hierarchy::
 
     OllamaCloudRunError            anything this project decided was wrong
-    ├── ConfigurationError         bad parameters or environment; raised before any call (ValueError)
+    ├── ConfigurationError         bad parameters/environment, raised before any call (ValueError)
     ├── IdTokenError               no ID token could be fetched for an audience
     ├── QuotaExceededError         GPU (or CPU/memory) quota too small; names the quota and the fix
     ├── AccessDeniedError          a permission the caller lacks; names the role or API to grant
@@ -93,7 +93,7 @@ def _is_quota_message(message: str) -> bool:
 
 
 def quota_error(message: str, *, requested: int | None = None) -> QuotaExceededError:
-    """A QuotaExceededError from Google's quota message, naming the quota and the instances that fit."""
+    """From Google's quota message: an error naming the quota and the instances that fit."""
     match = _QUOTA_RE.search(message)
     quota = match.group("quota") if match else None
     max_fit: int | None = None
@@ -107,7 +107,9 @@ def quota_error(message: str, *, requested: int | None = None) -> QuotaExceededE
         parts.append(f"At most {max_fit} instance(s) would fit: set max_instances={max_fit}")
         parts.append("or request more quota at https://g.co/cloudrun/gpu-quota.")
     else:
-        parts.append("Lower max_instances or request more quota at https://g.co/cloudrun/gpu-quota.")
+        parts.append(
+            "Lower max_instances or request more quota at https://g.co/cloudrun/gpu-quota."
+        )
     if requested is not None:
         parts.append(f"(requested max_instances={requested})")
     parts.append(f"Google said: {message}")

@@ -27,7 +27,7 @@ def _utcnow() -> dt.datetime:
 
 
 class GoogleIdTokenAuth(httpx.Auth):
-    """An ``httpx.Auth`` that adds a fresh Google ID token for ``audience``; thread- and asyncio-safe.
+    """An ``httpx.Auth`` adding a fresh Google ID token for ``audience``; thread- and asyncio-safe.
 
     The refresh margin is capped at half the token's lifetime, so short-lived tokens (as an emulator
     may issue) are still reused instead of being fetched for every request.
@@ -35,7 +35,9 @@ class GoogleIdTokenAuth(httpx.Auth):
 
     def __init__(self, audience: str, *, refresh_margin_seconds: float = 300.0) -> None:
         if not audience or not audience.startswith(("http://", "https://")):
-            raise ValueError(f"audience must be the service's URL (http[s]://...), got {audience!r}")
+            raise ValueError(
+                f"audience must be the service's URL (http[s]://...), got {audience!r}"
+            )
         if refresh_margin_seconds < 0:
             raise ValueError("refresh_margin_seconds must be >= 0")
         self.audience = audience
@@ -100,15 +102,19 @@ class GoogleIdTokenAuth(httpx.Auth):
 
     def get_token(self) -> str:
         """A valid ID token (fetching or refreshing it if needed). Blocking."""
-        return self._fresh_token() or self._refresh_blocking()
+        token = self._fresh_token()
+        return token if token is not None else self._refresh_blocking()
 
     async def aget_token(self) -> str:
         """A valid ID token; a refresh runs in a worker thread so the event loop never blocks."""
-        return self._fresh_token() or await asyncio.to_thread(self._refresh_blocking)
+        token = self._fresh_token()
+        return token if token is not None else await asyncio.to_thread(self._refresh_blocking)
 
     # -- httpx.Auth ----------------------------------------------------------------------------
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
         token = self.get_token()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request

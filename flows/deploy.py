@@ -1,0 +1,220 @@
+"""Flow ``deploy``: Google's "Ollama on Cloud Run GPUs" tutorial as one idempotent run.
+
+enable APIs → repository → image (content-hash tag; the build is skipped when the tag exists) →
+service account (no roles) → Cloud Run service (create, update, or nothing when unchanged) →
+``roles/run.invoker`` for the caller only → wait until ready → smoke test.
+The service steps run in a Prefect transaction: when a later step fails after a change (the smoke
+test, readiness), the ``deploy-service`` rollback hook restores the previous spec (or deletes the
+service it created) and the run fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.transactions import Transaction, transaction
+from pydantic import Field
+
+from flows.smoke_test import SmokeTestParameters, smoke_test
+from tasks import artifact_registry, cloud_build, cloud_run, iam, service_usage, storage
+from tasks.clients import GoogleCloud, resolve_cloud
+from tasks.errors import ConfigurationError
+from tasks.models import (
+    ACCOUNT_ID_PATTERN,
+    DEPLOYMENT_LABEL,
+    IMAGE_NAME_PATTERN,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    REPOSITORY_PATTERN,
+    RUN_LABEL,
+    GoogleCloudTarget,
+    ServiceSpec,
+    label_value,
+)
+
+DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[1] / "ollama-backend"
+MachineType = Literal["E2_HIGHCPU_32", "E2_HIGHCPU_8", "N1_HIGHCPU_32", "N1_HIGHCPU_8", "E2_MEDIUM"]
+
+
+class DeployParameters(ServiceSpec, GoogleCloudTarget):
+    """Everything ``deploy`` needs; defaults are the tutorial's."""
+
+    repository: str = Field(
+        default="ollama", pattern=REPOSITORY_PATTERN, description="Artifact Registry repository"
+    )
+    image: str = Field(default="ollama-gemma", pattern=IMAGE_NAME_PATTERN, description="image name")
+    source_dir: str | None = Field(
+        default=None, description="build context (default: ollama-backend/)"
+    )
+    build_machine_type: MachineType = Field(
+        default="E2_HIGHCPU_32", description="Cloud Build machine type"
+    )
+    build_timeout_seconds: int = Field(
+        default=3600, ge=60, le=86400, description="Cloud Build timeout"
+    )
+    service_account_id: str = Field(
+        default="ollama",
+        pattern=ACCOUNT_ID_PATTERN,
+        description="runtime service account id (no roles)",
+    )
+    invoker: str | None = Field(
+        default=None,
+        pattern=r"^(user|serviceAccount|group):[^@\s]+@[^@\s]+$",
+        description="member granted roles/run.invoker (default: the caller's own identity)",
+    )
+    ready_timeout_seconds: float = Field(
+        default=1800.0, gt=0, description="wait for the service to be ready"
+    )
+    run_smoke_test: bool = Field(default=True, description="smoke-test the service after deploying")
+
+    @property
+    def spec(self) -> ServiceSpec:
+        return ServiceSpec(**{k: getattr(self, k) for k in ServiceSpec.model_fields})
+
+    @property
+    def context(self) -> Path:
+        return Path(self.source_dir) if self.source_dir else DEFAULT_SOURCE_DIR
+
+
+def managed_labels(service: str, run_name: str | None) -> dict[str, str]:
+    labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, DEPLOYMENT_LABEL: label_value(service)}
+    if run_name:
+        labels[RUN_LABEL] = label_value(run_name)
+    return labels
+
+
+def caller_member(cloud: GoogleCloud) -> str:
+    """``serviceAccount:EMAIL`` of the credentials in use, for the invoker binding."""
+    email = getattr(cloud.credentials, "service_account_email", None)
+    if not email or "@" not in str(email):
+        raise ConfigurationError(
+            "Cannot tell the caller's identity from these credentials: pass "
+            "invoker='user:you@example.com' (never allUsers)"
+        )
+    return f"serviceAccount:{email}"
+
+
+def console_links(project: str, params: DeployParameters) -> dict[str, str]:
+    base = "https://console.cloud.google.com"
+    return {
+        "service": f"{base}/run/detail/{params.region}/{params.service}/metrics?project={project}",
+        "repository": f"{base}/artifacts/docker/{project}/{params.region}/{params.repository}"
+        f"?project={project}",
+        "builds": f"{base}/cloud-build/builds?project={project}",
+    }
+
+
+@cloud_run.deploy_service.on_rollback
+def _undo_service_change(txn: Transaction) -> None:
+    """Rollback hook: put the service back as it was before this run touched it."""
+    outcome = txn.get("outcome", None)
+    cloud = txn.get("cloud", None)
+    if outcome is None or cloud is None:
+        return
+    done = cloud_run.undo(cloud, outcome)
+    get_run_logger().warning("Rolled back %s: %s", outcome.name, done)
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    lines = ["## Deploy", "", "| | |", "|---|---|"]
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = "<br>".join(f"{k}: {v}" for k, v in value.items())
+        lines.append(f"| {key} | {str(value).replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="deploy")
+def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
+    """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
+    params = params or DeployParameters()
+    logger = get_run_logger()
+    cloud = resolve_cloud(params.project, params.credentials_block)
+    member = params.invoker or caller_member(cloud)
+    labels = managed_labels(params.service, flow_run.get_name())
+    static_labels = managed_labels(params.service, None)
+    actions: dict[str, str] = {}
+
+    service_usage.enable_apis(cloud)
+    _, repo_created = artifact_registry.ensure_repository_task(
+        cloud, params.region, params.repository, labels
+    )
+    actions["repository"] = "created" if repo_created else "exists"
+
+    build_args = {"MODEL": params.model}
+    tag = "src-" + storage.source_hash(params.context, build_args)[:20]
+    image = artifact_registry.find_image_tag(
+        cloud, params.region, params.repository, params.image, tag
+    )
+    build_id, log_url = "", ""
+    if image is None:
+        staged = storage.upload_source_task(cloud, params.context, labels)
+        built = cloud_build.build_image(
+            cloud,
+            staged,
+            artifact_registry.image_uri(
+                cloud.project, params.region, params.repository, params.image, tag
+            ),
+            build_args,
+            params.build_timeout_seconds,
+            params.build_machine_type,
+            static_labels,
+        )
+        image = artifact_registry.ImageRef(built.image, built.digest)
+        build_id, log_url = built.build_id, built.log_url
+        actions["image"] = "built"
+    else:
+        actions["image"] = "skipped (tag exists)"
+
+    sa_email, sa_created = iam.ensure_service_account_task(
+        cloud, params.service_account_id, f"Ollama on Cloud Run ({params.service})"
+    )
+    actions["service account"] = "created" if sa_created else "exists"
+
+    smoke: dict[str, object] = {}
+    with transaction() as txn:
+        outcome = cloud_run.deploy_service(cloud, params.spec, image.digest_uri, sa_email, labels)
+        txn.set("cloud", cloud)
+        txn.set("outcome", outcome)
+        actions["service"] = outcome.action
+        granted = cloud_run.grant_invoker(cloud, outcome.name, member)
+        actions["invoker"] = f"{'granted to' if granted else 'kept for'} {member}"
+        service = cloud_run.wait_ready(cloud, outcome.name, params.ready_timeout_seconds)
+        if params.run_smoke_test:
+            smoke = smoke_test(
+                SmokeTestParameters(
+                    project=cloud.project,
+                    credentials_block=params.credentials_block,
+                    service=params.service,
+                    region=params.region,
+                    model=params.model,
+                )
+            )
+
+    summary: dict[str, Any] = {
+        "service": outcome.name,
+        "uri": service.uri,
+        "revision": service.revision,
+        "image": image.tag_uri,
+        "digest": image.digest,
+        "build": f"{build_id} ({log_url})" if build_id else "none (image tag already existed)",
+        "actions": actions,
+        "console": console_links(cloud.project, params),
+    }
+    if smoke:
+        summary["smoke test"] = {
+            k: smoke[k]
+            for k in ("cold start (s)", "first token (s)", "sample answer")
+            if k in smoke
+        }
+    create_markdown_artifact(
+        markdown=_markdown(summary),
+        key=f"deploy-{params.service}",
+        description=f"Deploy of {outcome.name}",
+    )
+    logger.info("Deployed %s at %s (%s)", outcome.name, service.uri, outcome.action)
+    return summary

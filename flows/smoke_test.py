@@ -1,0 +1,90 @@
+"""Flow ``smoke_test``: prove a private Ollama service on Cloud Run answers, and time it.
+
+An ID token with the service's uri as audience (refreshed when it expires) → ``/api/tags`` lists
+the model → a short ``/api/generate`` returns text → a request without a token gets 401.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
+
+from tasks import cloud_run, ollama
+from tasks.clients import resolve_cloud
+from tasks.errors import ConfigurationError, SmokeTestError
+from tasks.id_tokens import GoogleIdTokenAuth
+from tasks.models import MODEL_ANNOTATION, REGION_PATTERN, SERVICE_ID_PATTERN, GoogleCloudTarget
+
+
+class SmokeTestParameters(GoogleCloudTarget):
+    """Which service to test and how."""
+
+    service: str = Field(
+        default="ollama-gemma", pattern=SERVICE_ID_PATTERN, description="Cloud Run service id"
+    )
+    region: str = Field(
+        default="us-central1", pattern=REGION_PATTERN, description="Cloud Run region"
+    )
+    model: str | None = Field(
+        default=None,
+        description="model expected in /api/tags (default: the one the deploy recorded)",
+    )
+    prompt: str = Field(
+        default="Why is the sky blue?", min_length=1, description="prompt for the sample"
+    )
+    num_predict: int = Field(default=32, ge=1, le=4096, description="tokens to generate")
+    start_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="how long to wait for the first instance (cold start)"
+    )
+
+
+def _markdown(summary: dict[str, object]) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    return f"## Smoke test\n\n| | |\n|---|---|\n{rows}\n"
+
+
+@flow(name="smoke_test", log_prints=False)
+def smoke_test(params: SmokeTestParameters | None = None) -> dict[str, object]:
+    """Test the service; the summary (also the ``smoke-test-<service>`` artifact) is returned."""
+    params = params or SmokeTestParameters()
+    logger = get_run_logger()
+    cloud = resolve_cloud(params.project, params.credentials_block)
+    name = cloud_run.service_name(cloud.project, params.region, params.service)
+    service = cloud_run.get_service(cloud, name)
+    if service is None or not service.uri:
+        raise ConfigurationError(f"Service {name} does not exist or has no uri; deploy it first")
+    uri = service.uri
+    model = params.model or service.annotations.get(MODEL_ANNOTATION) or "gemma2:9b"
+    auth = GoogleIdTokenAuth(uri)
+
+    tags = ollama.list_models(uri, auth, params.start_timeout_seconds)
+    if not any(m == model or m == f"{model}:latest" for m in tags.models):
+        raise SmokeTestError(f"{uri}/api/tags does not list {model}: {tags.models}")
+    sample = ollama.generate(uri, auth, model, params.prompt, params.num_predict)
+    status = ollama.check_private(uri)
+
+    summary: dict[str, object] = {
+        "service": name,
+        "uri": uri,
+        "model": model,
+        "models listed": ", ".join(tags.models),
+        "cold start (s)": round(tags.seconds, 3),
+        "first token (s)": round(sample.first_token_seconds, 3),
+        "generation (s)": round(sample.total_seconds, 3),
+        "tokens": sample.eval_count,
+        "done reason": sample.done_reason,
+        "without token": status,
+        "sample answer": sample.text.strip().replace("\n", " ")[:300],
+    }
+    create_markdown_artifact(
+        markdown=_markdown(summary),
+        key=f"smoke-test-{params.service}",
+        description=f"Smoke test of {name}",
+    )
+    logger.info(
+        "Smoke test passed: cold start %.2f s, first token %.2f s",
+        tags.seconds,
+        sample.first_token_seconds,
+    )
+    return summary

@@ -1,0 +1,155 @@
+"""IAM service accounts over REST (IAM admin has no REST gapic client; see tasks.clients).
+
+Service accounts have no labels, so the ones this project creates carry a marker in their
+description: ``managed-by=ollama-cloudrun created=<RFC 3339 UTC>``; the sweep parses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import clients
+from tasks.clients import GoogleCloud
+from tasks.errors import translate_google_error
+from tasks.models import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from tasks.retries import consistency_retry, transient_retry
+
+REQUEST_TIMEOUT_SECONDS = 30.0
+MARKER = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+_CREATED_RE = re.compile(r"created=(\S+)")
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """The fields of IAM's ServiceAccount this project reads (JSON names as Google sends them)."""
+
+    name: str
+    email: str
+    unique_id: str = ""
+    display_name: str = ""
+    description: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServiceAccount:
+        return cls(
+            name=data["name"],
+            email=data["email"],
+            unique_id=data.get("uniqueId", ""),
+            display_name=data.get("displayName", ""),
+            description=data.get("description", ""),
+        )
+
+
+def service_account_email(project: str, account_id: str) -> str:
+    return f"{account_id}@{project}.iam.gserviceaccount.com"
+
+
+def managed_description(now: dt.datetime | None = None) -> str:
+    created = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"Ollama on Cloud Run runtime identity; {MARKER} created={created}"
+
+
+def marker_created(account: ServiceAccount) -> dt.datetime | None:
+    """When a service account we manage was created (from its description), else None."""
+    text = f"{account.description} {account.display_name}"
+    if MARKER not in text:
+        return None
+    match = _CREATED_RE.search(text)
+    if not match:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    try:
+        return dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _request(cloud: GoogleCloud, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    session, base = clients.iam_session(cloud)
+    try:
+        response = session.request(
+            method, f"{base}{path}", json=body, timeout=REQUEST_TIMEOUT_SECONDS
+        )
+    finally:
+        session.close()
+    if response.status_code >= 400:
+        raise gexc.from_http_response(response)
+    return response
+
+
+def get_service_account(cloud: GoogleCloud, email: str) -> ServiceAccount:
+    response = transient_retry()(_request)(
+        cloud, "GET", f"/v1/projects/{cloud.project}/serviceAccounts/{email}"
+    )
+    return ServiceAccount.from_json(response.json())
+
+
+def ensure_service_account(
+    cloud: GoogleCloud, account_id: str, display_name: str
+) -> tuple[ServiceAccount, bool]:
+    """Create the service account (no roles granted) or get it; wait until IAM can read it."""
+    email = service_account_email(cloud.project, account_id)
+    body = {
+        "accountId": account_id,
+        "serviceAccount": {"displayName": display_name, "description": managed_description()},
+    }
+    created = True
+    try:
+        transient_retry()(_request)(
+            cloud, "POST", f"/v1/projects/{cloud.project}/serviceAccounts", body
+        )
+    except gexc.Conflict:
+        created = False
+    except (gexc.Forbidden, gexc.BadRequest) as exc:
+        raise translate_google_error(exc, f"create service account {email}") from exc
+    # IAM is eventually consistent: a new account may 404 for a while. Read it back until it shows.
+    account = consistency_retry()(get_service_account)(cloud, email)
+    return account, created
+
+
+def delete_service_account(cloud: GoogleCloud, email: str) -> bool:
+    """Delete the account; False when it was already gone."""
+    try:
+        transient_retry()(_request)(
+            cloud, "DELETE", f"/v1/projects/{cloud.project}/serviceAccounts/{email}"
+        )
+    except gexc.NotFound:
+        return False
+    return True
+
+
+def list_service_accounts(cloud: GoogleCloud) -> list[ServiceAccount]:
+    accounts: list[ServiceAccount] = []
+    page_token = ""
+    while True:
+        query = f"?pageToken={page_token}" if page_token else ""
+        response = transient_retry()(_request)(
+            cloud, "GET", f"/v1/projects/{cloud.project}/serviceAccounts{query}"
+        )
+        page = response.json()
+        accounts.extend(ServiceAccount.from_json(a) for a in page.get("accounts", []))
+        page_token = page.get("nextPageToken", "")
+        if not page_token:
+            return accounts
+
+
+@task(name="ensure-service-account", cache_policy=NO_CACHE)
+def ensure_service_account_task(
+    cloud: GoogleCloud, account_id: str, display_name: str
+) -> tuple[str, bool]:
+    account, created = ensure_service_account(cloud, account_id, display_name)
+    get_run_logger().info(
+        "Service account %s %s", account.email, "created" if created else "exists"
+    )
+    return account.email, created
+
+
+@task(name="delete-service-account", cache_policy=NO_CACHE)
+def delete_service_account_task(cloud: GoogleCloud, email: str) -> bool:
+    return delete_service_account(cloud, email)

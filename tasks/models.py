@@ -1,0 +1,145 @@
+"""Typed parameters shared by the tasks and flows, validated before any call to Google Cloud.
+
+Defaults are the values of Google's "Ollama on Cloud Run GPUs" tutorial::
+
+    gcloud beta run deploy ollama-gemma --image ... --concurrency 4 --cpu 8
+      --set-env-vars OLLAMA_NUM_PARALLEL=4 --gpu 1 --gpu-type nvidia-l4 --max-instances 7
+      --memory 32Gi --no-allow-unauthenticated --no-cpu-throttling --no-gpu-zonal-redundancy
+      --service-account SA --timeout=600
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANAGED_BY_LABEL = "managed-by"
+MANAGED_BY_VALUE = "ollama-cloudrun"
+DEPLOYMENT_LABEL = "ollama-cloudrun-deployment"
+RUN_LABEL = "ollama-cloudrun-run"
+MODEL_ANNOTATION = "ollama-cloudrun/model"
+
+# Cloud Run regions that offer NVIDIA L4 GPUs (cloud.google.com/run/docs/configuring/services/gpu).
+L4_REGIONS: frozenset[str] = frozenset(
+    {
+        "us-central1",
+        "us-east4",
+        "us-west1",
+        "europe-west1",
+        "europe-west4",
+        "asia-southeast1",
+        "asia-south1",
+        "asia-northeast1",
+    }
+)
+
+SERVICE_ID_PATTERN = r"^[a-z](?:[-a-z0-9]{0,47}[a-z0-9])?$"
+REGION_PATTERN = r"^[a-z]+-[a-z]+[0-9]+$"
+PROJECT_PATTERN = r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$"
+ACCOUNT_ID_PATTERN = r"^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$"
+REPOSITORY_PATTERN = r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
+IMAGE_NAME_PATTERN = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
+MEMORY_PATTERN = r"^[1-9][0-9]*(Mi|Gi)$"
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*(?::[A-Za-z0-9._-]+)?$"
+
+
+def memory_gib(memory: str) -> float:
+    """``32Gi`` → 32.0, ``16384Mi`` → 16.0."""
+    match = re.fullmatch(MEMORY_PATTERN, memory)
+    if not match:
+        raise ValueError(f"memory must look like 32Gi or 16384Mi, got {memory!r}")
+    value = int(memory[:-2])
+    return float(value) if match.group(1) == "Gi" else value / 1024
+
+
+def label_value(text: str) -> str:
+    """A Google label value: lowercase letters, digits, ``-`` and ``_``, at most 63 characters."""
+    return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
+
+
+class ServiceSpec(BaseModel):
+    """The Cloud Run service: the tutorial's settings as typed, validated defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(
+        default="ollama-gemma",
+        pattern=SERVICE_ID_PATTERN,
+        description="Cloud Run service id (lowercase letters, digits, hyphens; < 50 characters)",
+    )
+    region: str = Field(
+        default="us-central1", pattern=REGION_PATTERN, description="Cloud Run region"
+    )
+    model: str = Field(
+        default="gemma2:9b", pattern=MODEL_PATTERN, description="Ollama model baked into the image"
+    )
+    cpu: int = Field(default=8, ge=1, le=8, description="vCPUs per instance (--cpu)")
+    memory: str = Field(
+        default="32Gi", pattern=MEMORY_PATTERN, description="memory per instance (--memory)"
+    )
+    gpu: int = Field(default=1, ge=0, le=1, description="GPUs per instance (--gpu)")
+    gpu_type: Literal["nvidia-l4"] = Field(
+        default="nvidia-l4", description="accelerator (--gpu-type)"
+    )
+    gpu_zonal_redundancy: bool = Field(
+        default=False,
+        description="reserve zonal redundancy (the tutorial uses --no-gpu-zonal-redundancy)",
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=1000, description="requests per instance (--concurrency)"
+    )
+    num_parallel: int = Field(default=4, ge=1, le=64, description="OLLAMA_NUM_PARALLEL")
+    max_instances: int = Field(default=7, ge=1, le=1000, description="--max-instances")
+    timeout_seconds: int = Field(
+        default=600, ge=1, le=3600, description="request timeout (--timeout)"
+    )
+    cpu_throttling: bool = Field(
+        default=False,
+        description="throttle CPU between requests (GPU services need --no-cpu-throttling)",
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="container port")
+
+    @property
+    def memory_gib(self) -> float:
+        return memory_gib(self.memory)
+
+    @model_validator(mode="after")
+    def _check_cloud_run_rules(self) -> Self:
+        problems: list[str] = []
+        if self.gpu:
+            if self.cpu < 4:
+                problems.append(f"a GPU service needs at least 4 CPU (cpu={self.cpu})")
+            if self.memory_gib < 16:
+                problems.append(f"a GPU service needs at least 16Gi memory (memory={self.memory})")
+            if self.cpu_throttling:
+                problems.append("a GPU service needs CPU always allocated (cpu_throttling=False)")
+            if self.region not in L4_REGIONS:
+                problems.append(
+                    f"region {self.region} has no Cloud Run L4 GPUs; use one of "
+                    + ", ".join(sorted(L4_REGIONS))
+                )
+        if self.concurrency > 2 * self.num_parallel:
+            problems.append(
+                f"concurrency {self.concurrency} > 2 × OLLAMA_NUM_PARALLEL ({self.num_parallel}): "
+                "requests would queue inside Ollama; raise num_parallel or lower concurrency"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class GoogleCloudTarget(BaseModel):
+    """Where to act and with which credentials (ADC unless a GcpCredentials block is named)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str | None = Field(
+        default=None,
+        pattern=PROJECT_PATTERN,
+        description="Google Cloud project id (default: the credentials' or GOOGLE_CLOUD_PROJECT)",
+    )
+    credentials_block: str | None = Field(
+        default=None, description="name of a prefect-gcp GcpCredentials block (default: ADC)"
+    )

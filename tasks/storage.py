@@ -1,0 +1,182 @@
+"""Cloud Storage: the Cloud Build staging bucket and the source tarballs uploaded to it.
+
+Like ``gcloud builds submit``: bucket ``<project>_cloudbuild``, objects
+``source/<unix time>-<uuid hex>.tgz``. Each object carries our labels as custom metadata so teardown
+and the sweep can find it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import io
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.api_core import exceptions as gexc
+from google.cloud.storage import Blob, Bucket, Client
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import clients
+from tasks.clients import GoogleCloud
+from tasks.errors import ConfigurationError, translate_google_error
+from tasks.retries import transient_retry
+
+SOURCE_PREFIX = "source/"
+# Never part of the image: VCS and editor debris (in addition to .gcloudignore's own patterns).
+_ALWAYS_SKIPPED = {".git", "__pycache__", ".DS_Store"}
+
+
+@dataclass(frozen=True)
+class StagedSource:
+    bucket: str
+    object_name: str
+    generation: int
+
+    @property
+    def gs_uri(self) -> str:
+        return f"gs://{self.bucket}/{self.object_name}"
+
+
+def staging_bucket_name(project: str) -> str:
+    """gcloud's default: ``<project>_cloudbuild`` (``google`` spelled ``elgoog``)."""
+    return project.replace(":", "_").replace(".", "_").replace("google", "elgoog") + "_cloudbuild"
+
+
+def _ignored(rel: Path, patterns: list[str]) -> bool:
+    """gitignore-style matching as gcloud applies ``.gcloudignore`` (last matching line wins)."""
+    if _ALWAYS_SKIPPED.intersection(rel.parts):
+        return True
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = (pattern[1:] if negated else pattern).strip("/")
+        if fnmatch.fnmatch(rel.as_posix(), glob) or fnmatch.fnmatch(rel.name, glob):
+            ignored = not negated
+    return ignored
+
+
+def source_files(source_dir: Path) -> list[Path]:
+    """Files of the build context (honouring ``.gcloudignore``), sorted, relative to the root."""
+    if not (source_dir / "Dockerfile").is_file():
+        raise ConfigurationError(
+            f"{source_dir} has no Dockerfile; point source_dir at ollama-backend/"
+        )
+    ignore_file = source_dir / ".gcloudignore"
+    lines = ignore_file.read_text().splitlines() if ignore_file.is_file() else []
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    files = [
+        p.relative_to(source_dir)
+        for p in source_dir.rglob("*")
+        if p.is_file() and not _ignored(p.relative_to(source_dir), patterns)
+    ]
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def source_hash(source_dir: Path, build_args: dict[str, str]) -> str:
+    """SHA-256 of the build context (paths, modes, contents) and the build arguments."""
+    digest = hashlib.sha256()
+    for rel in source_files(source_dir):
+        path = source_dir / rel
+        digest.update(rel.as_posix().encode() + b"\0")
+        digest.update(oct(path.stat().st_mode & 0o777).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for key in sorted(build_args):
+        digest.update(f"--build-arg {key}={build_args[key]}\0".encode())
+    return digest.hexdigest()
+
+
+def make_tarball(source_dir: Path) -> bytes:
+    """A reproducible gzip tarball of the build context, members relative to its root."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for rel in source_files(source_dir):
+            info = tar.gettarinfo(str(source_dir / rel), arcname=rel.as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with (source_dir / rel).open("rb") as handle:
+                tar.addfile(info, handle)
+    return buffer.getvalue()
+
+
+def ensure_bucket(client: Client, name: str, labels: dict[str, str]) -> Bucket:
+    bucket = client.lookup_bucket(name, retry=transient_retry())
+    if bucket is not None:
+        return bucket
+    try:
+        bucket = client.bucket(name)
+        bucket.labels = labels
+        return client.create_bucket(bucket, location="US", retry=transient_retry())
+    except gexc.Conflict:
+        return client.get_bucket(name, retry=transient_retry())
+
+
+def upload_source(cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]) -> StagedSource:
+    """Tar ``source_dir`` and upload it as a new object (never overwriting one)."""
+    client = clients.storage_client(cloud)
+    name = staging_bucket_name(cloud.project)
+    try:
+        bucket = ensure_bucket(client, name, labels)
+    except gexc.Forbidden as exc:
+        raise translate_google_error(exc, f"create the staging bucket gs://{name}") from exc
+    blob = bucket.blob(f"{SOURCE_PREFIX}{time.time():.6f}-{uuid.uuid4().hex}.tgz")
+    blob.metadata = dict(labels)
+    blob.upload_from_string(
+        make_tarball(source_dir), content_type="application/gzip", if_generation_match=0
+    )
+    assert blob.generation is not None
+    return StagedSource(name, blob.name or "", int(blob.generation))
+
+
+def list_staging_objects(
+    cloud: GoogleCloud, labels: dict[str, str], older_than: dt.datetime | None = None
+) -> list[Blob]:
+    """Staging objects whose metadata carries all ``labels`` (and older than ``older_than``)."""
+    client = clients.storage_client(cloud)
+    try:
+        blobs = client.list_blobs(
+            staging_bucket_name(cloud.project), prefix=SOURCE_PREFIX, retry=transient_retry()
+        )
+        found = [
+            b
+            for b in blobs
+            if all((b.metadata or {}).get(k) == v for k, v in labels.items())
+            and (older_than is None or (b.time_created is not None and b.time_created < older_than))
+        ]
+    except gexc.NotFound:
+        return []
+    return found
+
+
+def delete_blob(blob: Blob) -> bool:
+    """Delete one object; False when it was already gone."""
+    try:
+        blob.delete(retry=transient_retry())
+    except gexc.NotFound:
+        return False
+    return True
+
+
+@task(name="upload-source", cache_policy=NO_CACHE)
+def upload_source_task(
+    cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]
+) -> StagedSource:
+    staged = upload_source(cloud, source_dir, labels)
+    get_run_logger().info("Uploaded the build context to %s", staged.gs_uri)
+    return staged
+
+
+@task(name="delete-staging-objects", cache_policy=NO_CACHE)
+def delete_staging_objects(
+    cloud: GoogleCloud, labels: dict[str, str], older_than: dt.datetime | None = None
+) -> list[str]:
+    """Delete the matching staging objects; returns the gs:// URIs deleted."""
+    deleted = []
+    for blob in list_staging_objects(cloud, labels, older_than):
+        if delete_blob(blob):
+            deleted.append(f"gs://{blob.bucket.name}/{blob.name}")
+    return deleted
