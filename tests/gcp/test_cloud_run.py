@@ -249,7 +249,11 @@ def test_not_found_conflict_and_allow_missing(run_env: RunEnv) -> None:
 # Lifecycle: ready → served → IAM → 401/403/429 → update → delete.
 
 
+@pytest.mark.slow
 def test_service_is_served_behind_the_ingress(run_env: RunEnv) -> None:
+    # A slow sim backend (about 2 s per answer) so that a stream is still in flight below.
+    slow = {"OLLAMA_SIM_TPS": "10", "OLLAMA_SIM_RESPONSE_TOKENS": "20"}
+    run_env.emulator.config = run_env.emulator.config.model_copy(update={"sim_env": slow})
     client = run_env.client()
     service_id = sid()
     op = client.create_service(
@@ -361,6 +365,7 @@ def test_public_service_and_list(run_env: RunEnv) -> None:
     client.delete_service(name=svc.name).result(timeout=60)
 
 
+@pytest.mark.slow
 def test_ready_service_is_served_again_after_a_restart(tmp_path: Path) -> None:
     """State saved to the state dir; a new emulator on it restarts the service's backend."""
     from google.cloud import artifactregistry_v1 as ar
