@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -93,7 +94,8 @@ class AdaptiveLimiter:
         self.decreases = 0
         self._epoch = 0
         self._credit = 0
-        self._cond = asyncio.Condition()
+        # FIFO of waiters; a release hands its slot to exactly one of them (no thundering herd).
+        self._waiters: deque[asyncio.Future[None]] = deque()
         # Instance-seconds: Cloud Run runs ceil(in_flight / concurrency) instances, at most max.
         self._concurrency = max(1, concurrency)
         self._max_instances = max(1, max_instances)
@@ -106,29 +108,46 @@ class AdaptiveLimiter:
         self.instance_seconds += (now - self._since) * busy
         self._since = now
 
-    async def acquire(self) -> int:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < self.limit)
-            self._account()
-            self.in_flight += 1
-            return self._epoch
+    def _take(self) -> None:
+        self._account()
+        self.in_flight += 1
 
-    async def release(self, epoch: int, outcome: str) -> None:
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)
+
+    async def acquire(self) -> int:
+        if self.in_flight < self.limit and not self._waiters:
+            self._take()
+            return self._epoch
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(self._epoch, "other")  # the slot was ours already: give it back
+            raise
+        return self._epoch
+
+    def release(self, epoch: int, outcome: str) -> None:
         """``outcome``: ``ok``, ``overload`` (429/503) or ``other``."""
-        async with self._cond:
-            self._account()
-            self.in_flight -= 1
-            if outcome == "overload" and epoch == self._epoch:
-                self._epoch += 1
-                self.decreases += 1
-                self.limit = max(1, self.limit // 2)
+        self._account()
+        self.in_flight -= 1
+        if outcome == "overload" and epoch == self._epoch:
+            self._epoch += 1
+            self.decreases += 1
+            self.limit = max(1, self.limit // 2)
+            self._credit = 0
+        elif outcome == "ok" and self.limit < self.max_limit:
+            self._credit += 1
+            if self._credit >= self.limit:
                 self._credit = 0
-            elif outcome == "ok" and self.limit < self.max_limit:
-                self._credit += 1
-                if self._credit >= self.limit:
-                    self._credit = 0
-                    self.limit += 1
-            self._cond.notify_all()
+                self.limit += 1
+        self._wake()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[list[str]]:
@@ -138,7 +157,7 @@ class AdaptiveLimiter:
         try:
             yield outcome
         finally:
-            await self.release(epoch, outcome[0])
+            self.release(epoch, outcome[0])
 
 
 class LatencyHistogram:

@@ -1,0 +1,118 @@
+"""Input discovery, line streaming and line parsing — no server needed."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.batch.inputs import InputFile, iter_lines, parse_line, resolve_inputs
+from tasks.batch.records import InputProblem, PromptRequest
+from tasks.batch.stores import LocalStore
+
+
+def _file(tmp_path: Path, fmt: str = "jsonl") -> InputFile:
+    return InputFile(LocalStore(tmp_path), f"a.{fmt}", 0, fmt)
+
+
+def _parse(tmp_path: Path, raw: bytes | None, fmt: str = "jsonl", line: int = 7):
+    return parse_line(_file(tmp_path, fmt), line, raw, len(raw or b"") + 1, 100)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_iter_lines_numbers_and_sizes_across_chunk_boundaries(chunk: int) -> None:
+    data = b"one\ntwo\n\nthree"
+    lines = list(iter_lines(io.BytesIO(data), max_line_bytes=10, chunk_bytes=chunk))
+    assert lines == [(1, b"one", 4), (2, b"two", 4), (3, b"", 1), (4, b"three", 5)]
+    assert sum(size for *_, size in lines) == len(data)
+
+
+@pytest.mark.parametrize("chunk", [2, 5, 4096])
+def test_iter_lines_oversized_line_is_reported_and_the_next_line_survives(chunk: int) -> None:
+    data = b"ok\n" + b"x" * 50 + b"\nafter\n" + b"y" * 30
+    lines = list(iter_lines(io.BytesIO(data), max_line_bytes=10, chunk_bytes=chunk))
+    assert lines == [(1, b"ok", 3), (2, None, 51), (3, b"after", 6), (4, None, 30)]
+
+
+def test_parse_generate_chat_and_openai_batch_lines(tmp_path: Path) -> None:
+    gen = _parse(
+        tmp_path, b'{"id": 5, "prompt": "hi", "system": "be brief", "options": {"seed": 1}}'
+    )
+    assert isinstance(gen, PromptRequest)
+    assert (gen.id, gen.prompt, gen.system, gen.options) == ("5", "hi", "be brief", {"seed": 1})
+    chat = _parse(tmp_path, b'{"messages": [{"role": "user", "content": "hi"}], "format": "json"}')
+    assert isinstance(chat, PromptRequest)
+    assert chat.id == "a.jsonl:7" and chat.messages == ({"role": "user", "content": "hi"},)
+    assert chat.format == "json"
+    body = {
+        "model": "gpt-x",
+        "messages": [{"role": "user", "content": "q"}],
+        "max_tokens": 9,
+        "response_format": {"type": "json_object"},
+    }
+    line = json.dumps(
+        {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    )
+    oai = _parse(tmp_path, line.encode())
+    assert isinstance(oai, PromptRequest)
+    assert (oai.id, oai.options, oai.format) == ("req-1", {"num_predict": 9}, "json")
+    txt = _parse(tmp_path, b"plain prompt\r", fmt="txt", line=3)
+    assert isinstance(txt, PromptRequest) and (txt.id, txt.prompt) == ("a.txt:3", "plain prompt")
+    assert _parse(tmp_path, b"   ") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"id": "x", "prompt": "unterminated', "malformed JSON"),
+        (b'{"id": "x", "system": "s"}', "missing prompt"),
+        (b'{"prompt": "a", "messages": []}', "both 'prompt' and 'messages'"),
+        (b'{"prompt": ""}', "non-empty string"),
+        (b'{"messages": [{"role": "user"}]}', "messages[0]"),
+        (b'{"prompt": "a", "options": [1]}', "'options' must be an object"),
+        (b'{"prompt": "a", "format": "xml"}', "'format'"),
+        (b'{"id": true, "prompt": "a"}', "'id' must be"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"prompt": "caf\xe9"}', "invalid UTF-8 at byte 15"),
+        (None, "oversized line"),
+        (b'{"custom_id": "c", "body": "nope"}', "object 'body'"),
+    ],
+)
+def test_bad_lines_become_problems_with_their_line(
+    tmp_path: Path, raw: bytes | None, reason: str
+) -> None:
+    problem = _parse(tmp_path, raw, line=42)
+    assert isinstance(problem, InputProblem)
+    assert reason in problem.reason
+    assert problem.line == 42 and problem.file.endswith("a.jsonl")
+
+
+def test_a_bad_line_keeps_its_given_id(tmp_path: Path) -> None:
+    problem = _parse(tmp_path, b'{"id": "keep", "system": "s"}')
+    assert isinstance(problem, InputProblem) and problem.id == "keep"
+
+
+def test_resolve_file_directory_glob_and_exclusions(tmp_path: Path) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name in ("a.jsonl", "b.txt", "sub/c.jsonl", "notes.md"):
+        (tmp_path / "in" / name).write_text('{"prompt": "x"}\n')
+    (tmp_path / "in" / "out").mkdir()
+    (tmp_path / "in" / "out" / "old.jsonl").write_text("{}\n")
+    single = resolve_inputs(str(tmp_path / "in" / "a.jsonl"))
+    assert [(f.key, f.format) for f in single] == [("a.jsonl", "jsonl")]
+    everything = resolve_inputs(str(tmp_path / "in"), exclude=str(tmp_path / "in" / "out"))
+    assert sorted(f.key for f in everything) == ["a.jsonl", "b.txt", "sub/c.jsonl"]
+    globbed = resolve_inputs(str(tmp_path / "in" / "*.jsonl"))
+    assert sorted(f.key for f in globbed) == ["a.jsonl", "out/old.jsonl", "sub/c.jsonl"]
+
+
+def test_resolve_errors_are_clear(tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(ValueError, match="no input files match"):
+        resolve_inputs(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="unsupported input file"):
+        resolve_inputs(str(tmp_path / "notes.md"))
+    with pytest.raises(ValueError, match="unsupported input"):
+        resolve_inputs("s3://bucket/x.jsonl")
