@@ -143,6 +143,23 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
     )
 
 
+async def _warm_up(base_url: str) -> None:
+    """One streamed response before we say we are ready: the first one pays ~100 ms of lazy
+    imports (anyio), which would otherwise land in a test's or benchmark's first request.
+    A pull of an unknown name streams without touching any state. (A raw socket: importing
+    httpx here would cost more start-up time than the warm-up saves.)"""
+    host, _, port = base_url.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    body = b'{"model":"emulator-warm-up:none"}'
+    writer.write(
+        b"POST /api/pull HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    await writer.drain()
+    await reader.read()
+    writer.close()
+
+
 def _duration_text(seconds: float) -> str:
     return "forever" if math.isinf(seconds) else f"{seconds:g}s"
 
@@ -157,8 +174,12 @@ async def _serve(config: ServerConfig, host: str, port: int, ready_file: Path | 
     for entry in state.catalog.entries():
         if entry.is_standin:
             log.warning("STAND-IN: %s", entry.describe())
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then (with
+    # proto 0 every keep-alive response waited ~40 ms for a delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     port = sock.getsockname()[1]
     if config.preload:
@@ -183,6 +204,7 @@ async def _serve(config: ServerConfig, host: str, port: int, ready_file: Path | 
             if server.should_exit:
                 return
             await asyncio.sleep(0.01)
+        await _warm_up(base_url)
         models = "; ".join(entry.describe() for entry in state.catalog.entries())
         print(
             f"ollama emulator listening on {base_url} (engine={config.engine}, "

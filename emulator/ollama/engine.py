@@ -141,6 +141,7 @@ def check_format(value: object) -> str | dict[str, Any] | None:
         return "json"
     if isinstance(value, dict):
         return value
+    quoted = json.dumps(json.dumps(value))  # Go's %q of the raw JSON
     raise OllamaError(
-        500, f'invalid format: "{json.dumps(value)}"; expected "json" or a valid JSON Schema object'
+        500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
     )
