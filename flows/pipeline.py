@@ -1,0 +1,289 @@
+"""Flow ``pipeline``: the whole job as sub-flows — deploy (with its smoke test) → batch → teardown.
+
+``deploy`` runs the smoke test as its own sub-flow inside its transaction, so a service that fails
+it after a change is rolled back there. ``teardown`` (when ``teardown`` is true, the default: the
+run owns its service) runs even when a step failed. The run's ``pipeline-<service>`` artifact links
+every sub-flow run and every artifact they made.
+
+``teardown_failed_pipeline`` is what the automation in prefect.yaml runs when a pipeline run ends
+Failed or Crashed: it reads that run's parameters and, when the run owned its service, runs the
+idempotent ``teardown`` for it, so a crash (where no ``finally`` runs) never leaves a GPU billing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Self
+from uuid import UUID
+
+from prefect import flow, get_client, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.runtime import flow_run as current_run
+from prefect.settings import PREFECT_UI_URL
+from pydantic import Field, model_validator
+
+from flows.batch import BatchParams, batch_inference
+from flows.deploy import DeployParameters, deploy
+from flows.teardown import TeardownParameters, teardown
+
+PIPELINE_FLOW_NAME = "pipeline"
+
+
+class PipelineParameters(DeployParameters):
+    """The deploy parameters (the tutorial's defaults) plus where the prompts and results are."""
+
+    input: str = Field(
+        min_length=1,
+        description="Prompts: gs://bucket/path or a local path; one file, a prefix or a glob "
+        "(JSONL with prompt or messages, OpenAI batch lines, or .txt).",
+    )
+    output: str = Field(
+        min_length=1, description="Results prefix: gs://bucket/path or a local directory."
+    )
+    teardown: bool = Field(
+        True,
+        description="Delete the service, images, staging objects and service account at the "
+        "end (and, through the automation, after a failure or crash). False keeps a long-lived "
+        "service.",
+    )
+    in_flight: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Batch requests in flight; default max instances × concurrency.",
+    )
+    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Prompts per shard task.")
+    max_retries: int = Field(
+        5, ge=0, le=50, description="Retries of a transient failure per prompt."
+    )
+    retry_errors: bool = Field(False, description="Send ids that have an error record again.")
+
+    @model_validator(mode="after")
+    def _batch_is_valid(self) -> Self:
+        self.batch_parameters()  # input/output rules live in BatchParams: fail before any call
+        return self
+
+    def deploy_parameters(self) -> DeployParameters:
+        return DeployParameters.model_validate(
+            {k: getattr(self, k) for k in DeployParameters.model_fields}
+        )
+
+    def batch_parameters(self) -> BatchParams:
+        return BatchParams.model_validate(
+            {
+                "input": self.input,
+                "output": self.output,
+                "target": self.service,
+                "model": self.model,
+                "project": self.project,
+                "region": self.region,
+                "credentials_block": self.credentials_block,
+                "in_flight": self.in_flight,
+                "shard_size": self.shard_size,
+                "max_retries": self.max_retries,
+                "retry_errors": self.retry_errors,
+            }
+        )
+
+    def teardown_parameters(self) -> TeardownParameters:
+        return TeardownParameters.model_validate(
+            {
+                "project": self.project,
+                "credentials_block": self.credentials_block,
+                "service": self.service,
+                "region": self.region,
+                "repository": self.repository,
+                "service_account_id": self.service_account_id,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class SubRun:
+    """A sub-flow run of the pipeline (at any depth) and the artifacts it made."""
+
+    depth: int
+    flow_run_id: UUID
+    name: str
+    flow_name: str
+    state: str
+    artifacts: tuple[tuple[UUID, str, str], ...]  # (id, key or type, description)
+
+
+def _link(text: str, path: str, ui_url: str | None) -> str:
+    return f"[{text}]({ui_url.rstrip('/')}/{path})" if ui_url else text
+
+
+def summary_markdown(facts: dict[str, Any], sub_runs: list[SubRun], ui_url: str | None) -> str:
+    """The pipeline's artifact: the facts, then one row per sub-flow run with links."""
+    lines = ["## Pipeline", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {str(v).replace('|', '/')} |" for k, v in facts.items()]
+    lines += [
+        "",
+        "### Sub-flow runs",
+        "",
+        "| step | run | state | artifacts |",
+        "|---|---|---|---|",
+    ]
+    for run in sub_runs:
+        step = "↳ " * run.depth + run.flow_name
+        run_link = _link(run.name, f"runs/flow-run/{run.flow_run_id}", ui_url)
+        artifacts = ", ".join(
+            _link(label, f"artifacts/artifact/{artifact_id}", ui_url)
+            for artifact_id, label, _ in run.artifacts
+        )
+        lines.append(f"| {step} | {run_link} | {run.state} | {artifacts or '—'} |")
+    if not sub_runs:
+        lines.append("| — | no sub-flow ran | | |")
+    return "\n".join(lines) + "\n"
+
+
+async def collect_sub_runs(parent_id: UUID, depth: int = 0) -> list[SubRun]:
+    """Every sub-flow run under ``parent_id``, depth first in start order, with its artifacts."""
+    async with get_client() as client:
+        children = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])
+            ),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        )
+        found: list[SubRun] = []
+        for child in children:
+            flow = await client.read_flow(child.flow_id)
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[child.id]))
+            )
+            found.append(
+                SubRun(
+                    depth=depth,
+                    flow_run_id=child.id,
+                    name=child.name,
+                    flow_name=flow.name,
+                    state=child.state.name if child.state and child.state.name else "?",
+                    artifacts=tuple(
+                        (a.id, a.key or a.type or "artifact", a.description or "")
+                        for a in artifacts
+                    ),
+                )
+            )
+            found += await collect_sub_runs(child.id, depth + 1)
+    return found
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A few lines for a terminal: where the results are, counts, speed, service and model."""
+    batch = result.get("batch") or {}
+    counts = batch.get("counts") or {}
+    tokens = batch.get("tokens") or {}
+    lines = [
+        f"service   {result.get('service')} ({result.get('uri')})",
+        f"model     {result.get('model')}",
+        f"results   {batch.get('output')} (manifest {batch.get('manifest')})",
+        "prompts   "
+        + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("total", "succeeded", "failed", "skipped")),
+        f"tokens/s  {tokens.get('eval_per_s')} ({tokens.get('eval')} tokens out)",
+        f"teardown  {result.get('teardown')}",
+    ]
+    return "\n".join(lines)
+
+
+@flow(name=PIPELINE_FLOW_NAME)
+async def pipeline(params: PipelineParameters) -> dict[str, Any]:
+    """Deploy → smoke test → batch → teardown (optional); the summary is also returned."""
+    logger = get_run_logger()
+    result: dict[str, Any] = {"service": params.service, "model": params.model, "teardown": "kept"}
+    try:
+        # Sync sub-flows run in a worker thread (the context, so the parent link, is copied).
+        deployed = await asyncio.to_thread(deploy, params.deploy_parameters())
+        result["uri"] = deployed.get("uri")
+        result["revision"] = deployed.get("revision")
+        manifest = await batch_inference(params.batch_parameters())
+        result["batch"] = {
+            "output": manifest.get("output"),
+            "manifest": manifest.get("uri"),
+            "counts": manifest.get("counts"),
+            "tokens": manifest.get("tokens"),
+            "model": manifest.get("model"),
+            "service": manifest.get("service"),
+        }
+    finally:
+        if params.teardown:
+            state = await asyncio.to_thread(
+                teardown, params.teardown_parameters(), return_state=True
+            )
+            result["teardown"] = "done" if state.is_completed() else f"FAILED: {state.message}"
+        await _publish_summary(params, result)
+    if params.teardown and result["teardown"] != "done":
+        raise RuntimeError(f"teardown of {params.service} did not complete: {result['teardown']}")
+    logger.info("Pipeline done:\n%s", format_summary(result))
+    return result
+
+
+async def _publish_summary(params: PipelineParameters, result: dict[str, Any]) -> None:
+    run_id = current_run.get_id()
+    sub_runs = await collect_sub_runs(UUID(run_id)) if run_id else []
+    batch = result.get("batch") or {}
+    facts = {
+        "service": f"{result.get('service')} ({result.get('uri', 'not deployed')})",
+        "model": result.get("model"),
+        "input": params.input,
+        "results": batch.get("output", "none"),
+        "counts": batch.get("counts", "none"),
+        "tokens/s": (batch.get("tokens") or {}).get("eval_per_s", "n/a"),
+        "teardown": result.get("teardown"),
+    }
+    await acreate_markdown_artifact(
+        markdown=summary_markdown(facts, sub_runs, PREFECT_UI_URL.value()),
+        key=f"pipeline-{params.service}",
+        description=f"Pipeline of {params.service}: sub-flow runs and their artifacts",
+    )
+
+
+@flow(name="teardown-failed-pipeline")
+async def teardown_failed_pipeline(pipeline_run_id: UUID) -> dict[str, Any]:
+    """Run by the automation when a pipeline run ends Failed or Crashed.
+
+    Tears down only what that run owned (``teardown: true``); a long-lived service is left alone.
+    """
+    logger = get_run_logger()
+    async with get_client() as client:
+        run = await client.read_flow_run(pipeline_run_id)
+        flow_name = (await client.read_flow(run.flow_id)).name
+    if flow_name != PIPELINE_FLOW_NAME:
+        raise ValueError(f"flow run {pipeline_run_id} is a {flow_name!r} run, not a pipeline run")
+    state_type = run.state.type if run.state else None
+    if state_type not in (StateType.FAILED, StateType.CRASHED):
+        raise ValueError(
+            f"pipeline run {pipeline_run_id} is {state_type}, not Failed or Crashed: "
+            "refusing to tear down under a run that may still be using its service"
+        )
+    params = PipelineParameters.model_validate(run.parameters.get("params") or {})
+    outcome: dict[str, Any] = {"pipeline_run": str(pipeline_run_id), "service": params.service}
+    if not params.teardown:
+        outcome["action"] = "left running (the run did not own its service: teardown=false)"
+    else:
+        outcome["teardown"] = await asyncio.to_thread(teardown, params.teardown_parameters())
+        outcome["action"] = "torn down"
+    run_link = _link(
+        str(pipeline_run_id), f"runs/flow-run/{pipeline_run_id}", PREFECT_UI_URL.value()
+    )
+    await acreate_markdown_artifact(
+        markdown=f"## Failed pipeline run\n\n| | |\n|---|---|\n"
+        f"| pipeline run | {run_link} |\n"
+        f"| state | {state_type.value if state_type else '?'} |\n"
+        f"| service | {params.service} ({params.region}) |\n"
+        f"| action | {outcome['action']} |\n",
+        key=f"teardown-failed-pipeline-{params.service}",
+        description="What the automation did after a failed pipeline run",
+    )
+    logger.info("Failed pipeline %s: %s %s", pipeline_run_id, params.service, outcome["action"])
+    return outcome
