@@ -17,7 +17,7 @@ from tasks.batch.stores import LocalStore, ObjectStore
 
 @pytest.fixture
 def sim_server() -> Iterator[Callable[..., OllamaServer]]:
-    """``sim_server(parallel=4, **OLLAMA_SIM_* env)`` starts a sim server, stopped after the test."""
+    """``sim_server(parallel=4, **OLLAMA_SIM_* env)``: a sim server, stopped after the test."""
     with ExitStack() as stack:
 
         def start(parallel: int = 4, **env: str) -> OllamaServer:
