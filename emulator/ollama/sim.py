@@ -14,6 +14,7 @@ import json
 import random
 import re
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -118,10 +119,7 @@ def sim_pieces(job: Job, rendered: str, model: str, config: SimConfig) -> list[s
 
 def _context_ids(text: str) -> tuple[int, ...]:
     """Stable token ids for the sim's ``context`` (it has no real vocabulary)."""
-    return tuple(
-        int.from_bytes(hashlib.blake2b(t.encode(), digest_size=2).digest(), "big")
-        for t in TOKEN_RE.findall(text)
-    )
+    return tuple(zlib.crc32(t.encode()) & 0x7FFF for t in TOKEN_RE.findall(text))
 
 
 async def _sleep_until(deadline: float) -> None:

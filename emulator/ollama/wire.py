@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import struct
 import time
@@ -26,12 +27,17 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+@functools.lru_cache(maxsize=4)
+def _second(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+
+
 def rfc3339(ns: int | None = None, *, seconds: float | None = None) -> str:
     """Go's ``time.RFC3339Nano`` in UTC: trailing zeros of the fraction dropped."""
     if ns is None:
         ns = time.time_ns() if seconds is None else int(seconds * 1e9)
     secs, frac = divmod(ns, 1_000_000_000)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    text = _second(secs)
     if frac:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"

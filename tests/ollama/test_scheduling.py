@@ -100,3 +100,14 @@ def test_a_different_num_ctx_reloads_the_model(sim_ollama_own: str) -> None:
 def sim_ollama_own() -> object:
     with running_ollama_server(engine="sim", models=[MODEL]) as server:
         yield server.base_url
+
+
+def test_models_from_environment_and_clear_start_up_errors() -> None:
+    env = {"OLLAMA_EMULATOR_MODELS": "alpha:1b, beta"}
+    with running_ollama_server(engine="sim", models=[], env=env) as server:
+        names = [m["name"] for m in httpx.get(server.base_url + "/api/tags").json()["models"]]
+        log = server.log_path.read_text() if server.log_path else ""
+    assert sorted(names) == ["alpha:1b", "beta:latest"]
+    assert "SIM ENGINE" in log and "listening on " + server.base_url in log
+    with pytest.raises(RuntimeError, match="no real model 'gemma2:9b'"):
+        running_ollama_server(engine="llama", models=["gemma2:9b"]).__enter__()
