@@ -14,8 +14,8 @@ from emulator.ollama.errors import BUSY_MESSAGE, RUNNER_STOPPED_MESSAGE
 from emulator.ollama.launcher import OllamaServer, running_ollama_server
 
 MODEL = "gemma2:9b"
-STALL = 0.5
-COUNT = 24
+STALL = 0.3
+COUNT = 20
 FAULT_ARGS = [
     "--sim-fault-503", "0.15",
     "--sim-fault-500", "0.1",

@@ -86,6 +86,7 @@ def test_list_show_ps_pull(server: OllamaServer) -> None:
     assert client.pull(MODEL).status == "success"
 
 
+@pytest.mark.llama
 def test_show_says_which_real_model_serves_the_name(llama_ollama: OllamaServer) -> None:
     shown = _client(llama_ollama).show(MODEL)
     assert shown.details is not None and shown.details.parent_model == "smollm2:135m"
