@@ -111,3 +111,18 @@ def test_models_from_environment_and_clear_start_up_errors() -> None:
     assert "SIM ENGINE" in log and "listening on " + server.base_url in log
     with pytest.raises(RuntimeError, match="no real model 'gemma2:9b'"):
         running_ollama_server(engine="llama", models=["gemma2:9b"]).__enter__()
+
+
+def test_a_client_that_goes_away_frees_its_slot() -> None:
+    # 200 tokens at 20 tokens/s would hold the only slot for ~10 s if generation went on.
+    args = ["--sim-tps", "20", "--sim-response-tokens", "200"]
+    with running_ollama_server(engine="sim", models=[MODEL], extra_args=args) as server:
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            http.post("/api/generate", json={"model": MODEL})
+            with http.stream("POST", "/api/generate", json={"model": MODEL, "prompt": "x"}) as r:
+                lines = r.iter_lines()
+                next(lines), next(lines)
+        request = {"model": MODEL, "prompt": "y", "stream": False, "options": {"num_predict": 2}}
+        body = httpx.post(server.base_url + "/api/generate", json=request, timeout=60).json()
+    assert body["done_reason"] == "length"
+    assert _slot_wait(body) < 2e9  # far less than the ~10 s the first answer would have taken
