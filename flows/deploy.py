@@ -208,7 +208,13 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     if smoke:
         summary["smoke test"] = {
             k: smoke[k]
-            for k in ("cold start (s)", "first token (s)", "sample answer")
+            for k in (
+                "model",
+                "models listed",
+                "cold start (s)",
+                "first token (s)",
+                "sample answer",
+            )
             if k in smoke
         }
     create_markdown_artifact(

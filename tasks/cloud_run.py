@@ -327,7 +327,7 @@ def deploy_service(
 def grant_invoker(cloud: GoogleCloud, name: str, member: str) -> bool:
     changed = ensure_invoker(cloud, name, member)
     get_run_logger().info(
-        "%s %s on %s", INVOKER_ROLE, "granted to" if changed else "already held by", member
+        "%s on %s: %s", INVOKER_ROLE, name, f"granted to {member}" if changed else "unchanged"
     )
     return changed
 

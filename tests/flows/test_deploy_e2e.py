@@ -1,0 +1,139 @@
+"""End to end: deploy, smoke test and teardown against emulator.gcp with the official clients."""
+
+from __future__ import annotations
+
+import pytest
+from google.api_core import exceptions as gexc
+from google.cloud import run_v2
+from prefect.artifacts import Artifact
+
+from flows.deploy import DeployParameters, deploy
+from flows.teardown import TeardownParameters, teardown
+from tasks import clients
+from tasks.errors import QuotaExceededError
+from tests.flows.conftest import EmulatorControl
+
+pytestmark = pytest.mark.slow
+
+
+def _get_service(service_id: str) -> run_v2.Service:
+    cloud = clients.resolve_cloud()
+    client = clients.run_services_client(cloud)
+    return client.get_service(name=client.service_path(cloud.project, "us-central1", service_id))
+
+
+def _builds(emulator: EmulatorControl) -> int:
+    return len(emulator.state()["backends"]["cloud_build"]["builds"])
+
+
+def _results(rows: list[dict[str, str]]) -> dict[str, str]:
+    return {r["kind"]: r["result"] for r in rows}
+
+
+def test_deploy_noop_new_model_and_teardown_twice(
+    emulator_api: EmulatorControl, service_id: str
+) -> None:
+    params = DeployParameters(service=service_id)
+    first = deploy(params)
+    assert first["actions"]["service"] == "created"
+    assert first["actions"]["image"] == "built"
+    assert first["digest"].startswith("sha256:")
+    assert first["smoke test"]["sample answer"]
+    created = _get_service(service_id)
+    assert created.template.containers[0].image.endswith(first["digest"])
+    assert dict(created.labels)["managed-by"] == "ollama-cloudrun"
+    artifact = Artifact.get(f"deploy-{service_id}")
+    assert artifact is not None and first["uri"] in str(artifact.data)
+    builds = _builds(emulator_api)
+
+    # Nothing changed: no build, no update call, no new revision.
+    second = deploy(params)
+    assert second["actions"]["service"] == "unchanged"
+    assert second["actions"]["image"] == "skipped (tag exists)"
+    assert _builds(emulator_api) == builds
+    again = _get_service(service_id)
+    assert (again.generation, again.latest_ready_revision) == (
+        created.generation,
+        created.latest_ready_revision,
+    )
+
+    # A new model tag: a new image (new content hash), a new revision serving that model.
+    third = deploy(params.model_copy(update={"model": "gemma2:2b"}))
+    assert third["actions"] == {**third["actions"], "image": "built", "service": "updated"}
+    assert third["image"] != first["image"]
+    assert _builds(emulator_api) == builds + 1
+    updated = _get_service(service_id)
+    assert updated.latest_ready_revision != created.latest_ready_revision
+    assert "gemma2:2b" in third["smoke test"]["models listed"]
+
+    gone = teardown(TeardownParameters(service=service_id))
+    assert set(_results(gone).values()) == {"deleted"}
+    assert "staging object" in _results(gone)
+    with pytest.raises(gexc.NotFound):
+        _get_service(service_id)
+    twice = teardown(TeardownParameters(service=service_id))
+    assert set(_results(twice).values()) == {"already gone"}
+
+
+def test_gpu_quota_too_small_then_teardown_partial(
+    emulator_api: EmulatorControl, service_id: str
+) -> None:
+    emulator_api.configure(gpu_quota=3)
+    with pytest.raises(QuotaExceededError) as info:
+        deploy(DeployParameters(service=service_id))
+    message = str(info.value)
+    assert "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion" in message
+    assert "max_instances=3" in message
+    assert info.value.max_fit == 3
+    with pytest.raises(gexc.NotFound):
+        _get_service(service_id)  # nothing half-made left serving
+
+    # Teardown after the partial deploy: the service never existed, the rest is removed.
+    rows = _results(teardown(TeardownParameters(service=service_id)))
+    assert rows["service"] == "already gone"
+    assert rows["repository (with its images)"] == "deleted"
+    assert rows["service account"] == "deleted"
+
+    # Within the quota it deploys.
+    result = deploy(DeployParameters(service=service_id, max_instances=3))
+    assert result["actions"]["service"] == "created"
+    teardown(TeardownParameters(service=service_id))
+
+
+def test_smoke_test_failure_rolls_back(emulator_api: EmulatorControl, service_id: str) -> None:
+    params = DeployParameters(service=service_id)
+    deploy(params)
+    before = _get_service(service_id)
+    assert before.template.scaling.max_instance_count == 7
+
+    # Every generation now fails with a 500: the changed deploy must roll back and fail.
+    emulator_api.configure(sim_env={"OLLAMA_SIM_FAULT_500": "1"})
+    state = deploy(params.model_copy(update={"max_instances": 5}), return_state=True)
+    assert state.is_failed()
+    after = _get_service(service_id)
+    assert after.template.scaling.max_instance_count == 7
+    assert after.template.containers[0].image == before.template.containers[0].image
+    assert after.generation > before.generation  # the restore is itself a new generation
+    emulator_api.configure(sim_env={})
+    teardown(TeardownParameters(service=service_id))
+
+
+def test_propagation_delay_and_sweep(emulator_api: EmulatorControl, service_id: str) -> None:
+    emulator_api.configure(propagation_delay_seconds=3)
+    result = deploy(DeployParameters(service=service_id))
+    assert result["actions"]["service"] == "created"
+    emulator_api.configure(propagation_delay_seconds=0)
+
+    kept = teardown(TeardownParameters(sweep=True, ttl_hours=24))
+    assert kept == []  # everything is younger than a day
+    assert _get_service(service_id).uri
+
+    swept = _results(teardown(TeardownParameters(sweep=True, ttl_hours=0)))
+    assert swept == {
+        "service": "deleted",
+        "repository (with its images)": "deleted",
+        "staging object": "deleted",
+        "service account": "deleted",
+    }
+    with pytest.raises(gexc.NotFound):
+        _get_service(service_id)
