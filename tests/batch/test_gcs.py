@@ -1,0 +1,49 @@
+"""gs:// input and output through the emulator's fake-gcs-server and the official storage client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from emulator.ollama.launcher import OllamaServer
+from flows.batch import BatchParams, batch_inference
+from tasks.batch.stores import GcsStore
+from tasks.clients import resolve_cloud, storage_client
+from tests.batch.conftest import read_output
+
+
+@pytest.mark.slow
+def test_gs_input_and_output(
+    prefect_api: str, gcp_env: dict[str, str], sim_server: Callable[..., OllamaServer]
+) -> None:
+    client = storage_client(resolve_cloud())
+    bucket = client.create_bucket(f"batch-{uuid.uuid4().hex[:8]}")
+    ids = [f"g{i}" for i in range(120)]
+    lines = "".join(json.dumps({"id": i, "prompt": f"q {i}"}) + "\n" for i in ids[:100])
+    bucket.blob("prompts/a.jsonl").upload_from_string(lines)
+    bucket.blob("prompts/b.txt").upload_from_string("".join(f"t {i}\n" for i in range(20)))
+    bucket.blob("prompts/readme.md").upload_from_string("not a prompt file")
+    params = BatchParams(
+        input=f"gs://{bucket.name}/prompts/",
+        output=f"gs://{bucket.name}/out",
+        target=sim_server().base_url,
+        in_flight=4,
+        shard_size=30,
+    )
+    manifest = asyncio.run(batch_inference(params))
+    store = GcsStore(client, bucket.name, "out/")
+    results, errors = read_output(store)
+    expected = ids[:100] + [f"b.txt:{n}" for n in range(1, 21)]
+    assert errors == [] and Counter(r["id"] for r in results) == Counter(expected)
+    assert manifest["counts"]["succeeded"] == 120
+    saved = json.loads(bucket.blob("out/manifest.json").download_as_bytes())
+    assert saved["counts"] == manifest["counts"]
+    shards = [b for b in client.list_blobs(bucket.name, prefix="out/results/")]
+    assert len(shards) == 4  # flushed per shard of 30, each its own object
+    again = asyncio.run(batch_inference(params))
+    assert again["counts"]["skipped"] == 120 and again["this_run"]["sent"] == 0
