@@ -365,6 +365,7 @@ async def show(request: Request) -> Response:
     facts = await state.facts(entry)
     body: dict[str, Any] = {}
     for key, value in (
+        ("license", facts.license),
         ("modelfile", facts.modelfile),
         ("parameters", facts.parameters),
         ("template", facts.template),

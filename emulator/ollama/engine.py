@@ -64,6 +64,7 @@ class ModelFacts:
     modelfile: str
     model_info: dict[str, Any]
     capabilities: list[str] = field(default_factory=lambda: ["completion"])
+    license: str = ""
 
     def details(self) -> dict[str, Any]:
         return {

@@ -48,6 +48,10 @@ _FILE_TYPES = {
 }
 
 
+# What _Formatter does for a gguf without a chat template, in Ollama's template syntax.
+FALLBACK_TEMPLATE = "{{ range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}assistant:"
+
+
 def human_number(value: int) -> str:
     """Ollama's ``format.HumanNumber``-like parameter size: 9.2B, 134.52M."""
     for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
@@ -97,7 +101,7 @@ class _Formatter:
         items = [{"role": m.role, "content": m.content} for m in messages]
         if self._jinja is not None:
             return self._jinja(messages=items).prompt, True  # type: ignore[arg-type]
-        # A model without a template (none of ours): plain "role: content" lines.
+        # A gguf without a chat template (Gemma 3 270M base): plain "role: content" lines.
         lines = [f"{m['role']}: {m['content']}" for m in items]
         return "\n".join([*lines, "assistant:"]), False
 
@@ -375,11 +379,13 @@ def _read_facts(standin: StandIn, path: Path) -> ModelFacts:
             "emulator.gguf": str(path),
         }
     )
-    modelfile = (
-        f"# Served by the ollama-cloudrun emulator: {standin.title} via llama.cpp on the CPU\n"
-        f"FROM {path}\n"
-        f'TEMPLATE """{template}"""\n'
-    )
+    note = f"# Served by the ollama-cloudrun emulator: {standin.title} via llama.cpp on the CPU\n"
+    if not template:
+        # A base model's gguf may carry no chat template: say what we use instead.
+        note += "# The gguf has no chat template; chat messages are rendered as 'role: content'.\n"
+        template = FALLBACK_TEMPLATE
+    modelfile = note + f"FROM {path}\n" + f'TEMPLATE """{template}"""\n'
+
     return ModelFacts(
         format="gguf",
         family=arch,
@@ -393,4 +399,5 @@ def _read_facts(standin: StandIn, path: Path) -> ModelFacts:
         parameters="",
         modelfile=modelfile,
         model_info=info,
+        license=meta.get("general.license", ""),
     )

@@ -141,3 +141,11 @@ def test_llama_pull_installs_a_real_model_it_ships() -> None:
         shown = client.show("gemma3:270m")
         assert shown.details is not None and shown.details.family == "gemma3"
         assert shown.details.parent_model == "gemma3:270m"
+        assert shown.license == "gemma"
+        assert "no chat template" in (shown.modelfile or "")  # a base model: said, not hidden
+        answer = client.chat(
+            model="gemma3:270m",
+            messages=[{"role": "user", "content": "2+2="}],
+            options={"num_predict": 3, "temperature": 0},
+        )
+        assert answer.done_reason == "length" and answer.eval_count == 3
