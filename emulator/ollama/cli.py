@@ -194,7 +194,7 @@ async def _serve(config: ServerConfig, host: str, port: int, ready_file: Path | 
             lifespan="on",
             proxy_headers=False,
             server_header=False,
-            timeout_graceful_shutdown=3,
+            timeout_graceful_shutdown=1,
         )
     )
     base_url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"

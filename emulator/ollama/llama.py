@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import logging
 import os
@@ -118,6 +119,7 @@ class LlamaModel:
             max_workers=len(contexts), thread_name_prefix=f"llama-{entry.display}"
         )
         self._grammars: dict[str, Any] = {}
+        self._closing = threading.Event()
 
     async def generate(self, slot: int, job: Job) -> AsyncIterator[Piece | Done]:
         loop = asyncio.get_running_loop()
@@ -125,7 +127,8 @@ class LlamaModel:
         cancel = threading.Event()
 
         def emit(item: Piece | Done | BaseException) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         future = loop.run_in_executor(self._executor, self._run, slot, job, emit, cancel)
         try:
@@ -233,7 +236,7 @@ class LlamaModel:
                 for token in stream:
                     if not generated:
                         first = time.perf_counter_ns()
-                    if cancel.is_set():
+                    if cancel.is_set() or self._closing.is_set():
                         return
                     if llama_cpp.llama_vocab_is_eog(vocab, token):
                         break
@@ -272,9 +275,12 @@ class LlamaModel:
         )
 
     async def close(self) -> None:
+        self._closing.set()  # running generations stop at their next token
+
         def _close() -> None:
-            for llm in self._contexts:
-                llm.close()
+            for lock, llm in zip(self._locks, self._contexts, strict=True):
+                with lock:
+                    llm.close()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, _close)
         self._executor.shutdown(wait=False)
