@@ -206,7 +206,14 @@ async def generate(request: Request) -> Response:
     messages = None
     if not raw:
         messages = (*((Message("system", system),) if system else ()), Message("user", prompt))
-    job = Job(messages=messages, prompt=prompt, options=options, format=fmt, context=tuple(context))
+    job = Job(
+        messages=messages,
+        prompt=prompt,
+        options=options,
+        format=fmt,
+        context=tuple(context),
+        stream=stream,
+    )
     inference = await start_inference(state, entry, job, keep_alive, t0)
     events = inference.events
 
@@ -293,7 +300,7 @@ async def chat(request: Request) -> Response:
             {"model": name, "created_at": rfc3339(), "message": empty, "done": True,
              "done_reason": "load"}
         )  # fmt: skip
-    job = Job(messages=messages, prompt="", options=options, format=fmt)
+    job = Job(messages=messages, prompt="", options=options, format=fmt, stream=stream)
     inference = await start_inference(state, entry, job, keep_alive, t0)
     events = inference.events
 

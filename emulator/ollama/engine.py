@@ -30,6 +30,7 @@ class Job:
     options: GenOptions
     format: str | dict[str, Any] | None = None
     context: tuple[int, ...] = ()
+    stream: bool = True  # False: the caller only wants the whole text (engines may batch)
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,13 @@ async def chat_completions(request: Request) -> Response:
         raise model_not_found(name)
     if data.get("tools"):
         raise OllamaError(400, f"{entry.name.full} does not support tools")
-    job = Job(messages=tuple(messages), prompt="", options=_options(data), format=_format(data))
+    job = Job(
+        messages=tuple(messages),
+        prompt="",
+        options=_options(data),
+        format=_format(data),
+        stream=stream,
+    )
     inference = await start_inference(state, entry, job, None, t0)
     ident = f"chatcmpl-{random.randrange(999)}"
     created = int(time.time())
@@ -280,7 +286,10 @@ async def completions(request: Request) -> Response:
     if entry is None:
         raise model_not_found(name)
     job = Job(
-        messages=(Message("user", prompt),), prompt=prompt, options=_options(data), format=None
+        messages=(Message("user", prompt),),
+        prompt=prompt,
+        options=_options(data),
+        stream=stream,
     )
     inference = await start_inference(state, entry, job, None, t0)
     ident = f"cmpl-{random.randrange(999)}"

@@ -117,6 +117,27 @@ def sim_pieces(job: Job, rendered: str, model: str, config: SimConfig) -> list[s
     return _PIECE_RE.findall(json.dumps(value, ensure_ascii=False))
 
 
+def cut_output(pieces: list[str], limit: int, stops: tuple[str, ...]) -> tuple[list[str], str]:
+    """Apply num_predict and stop strings: the text released after each generated token (may be
+    empty while a possible stop string is held back) and the done reason."""
+    matcher = StopMatcher(stops)
+    texts: list[str] = []
+    for index, piece in enumerate(pieces):
+        if index >= limit:
+            reason = "length"
+            break
+        text, stopped = matcher.feed(piece)
+        texts.append(text)
+        if stopped:
+            return texts, "stop"
+    else:
+        reason = "stop"
+    tail = matcher.flush()
+    if tail:
+        texts[-1] += tail
+    return texts, reason
+
+
 def _context_ids(text: str) -> tuple[int, ...]:
     """Stable token ids for the sim's ``context`` (it has no real vocabulary)."""
     return tuple(zlib.crc32(t.encode()) & 0x7FFF for t in TOKEN_RE.findall(text))
@@ -152,35 +173,28 @@ class SimModel:
             limit = min(limit, job.options.num_predict)
         if config.service_seconds > 0:
             await asyncio.sleep(config.service_seconds)
-        matcher = StopMatcher(job.options.stop)
-        produced: list[str] = []
-        reason = "stop"
+        texts, reason = cut_output(pieces, limit, job.options.stop)
         gen_start = time.perf_counter()
-        stopped = False
-        for index, piece in enumerate(pieces):
-            if index >= limit:
-                reason = "length"
-                break
+        if job.stream:
+            for index, text in enumerate(texts):
+                if config.tps > 0:
+                    await _sleep_until(gen_start + (index + 1) / config.tps)
+                if text:
+                    yield Piece(text)
+        else:  # nobody sees the tokens one by one: one piece, same pacing, far less overhead
             if config.tps > 0:
-                await _sleep_until(gen_start + (index + 1) / config.tps)
-            produced.append(piece)
-            out, stopped = matcher.feed(piece)
-            if out:
-                yield Piece(out)
-            if stopped:
-                break
-        if not stopped:
-            tail = matcher.flush()
-            if tail:
-                yield Piece(tail)
+                await _sleep_until(gen_start + len(texts) / config.tps)
+            if any(texts):
+                yield Piece("".join(texts))
         end = time.perf_counter_ns()
+        produced = "".join(pieces[: len(texts)])
         yield Done(
             done_reason=reason,
             prompt_eval_count=prompt_tokens,
             prompt_eval_duration=prompt_done - start,
-            eval_count=len(produced),
+            eval_count=len(texts),
             eval_duration=end - prompt_done,
-            context=job.context + _context_ids(rendered + "".join(produced)),
+            context=job.context + _context_ids(rendered + produced),
         )
 
     async def close(self) -> None:

@@ -131,10 +131,18 @@ async def _load(port: int, path: str, body: bytes, requests: int, connections: i
     return time.perf_counter() - start
 
 
-def _best(port: int, path: str, body: bytes, requests: int, connections: int) -> float:
-    asyncio.run(_load(port, path, body, max(50, requests // 10), connections))  # warm-up
-    runs = [asyncio.run(_load(port, path, body, requests, connections)) for _ in range(3)]
-    return min(runs) / requests
+def _best_pair(
+    targets: list[tuple[int, str]], body: bytes, requests: int, connections: int, rounds: int = 5
+) -> list[float]:
+    """Seconds per request for each (port, path), best of `rounds`. Runs are interleaved so that
+    load from other processes on a shared machine hits both sides alike."""
+    for port, path in targets:
+        asyncio.run(_load(port, path, body, max(50, requests // 10), connections))  # warm-up
+    best = [float("inf")] * len(targets)
+    for _ in range(rounds):
+        for i, (port, path) in enumerate(targets):
+            best[i] = min(best[i], asyncio.run(_load(port, path, body, requests, connections)))
+    return [seconds / requests for seconds in best]
 
 
 def bench_sim(requests: int, connections: int) -> None:
@@ -157,8 +165,9 @@ def bench_sim(requests: int, connections: int) -> None:
                 request = {"model": SIM_MODEL, "prompt": "Why is the sky blue?", "stream": stream}
                 body = json.dumps(request).encode()
                 path = "/stream" if stream else "/json"
-                base = _best(base_port, path, body, requests, connections)
-                ours = _best(sim.port, "/api/generate", body, requests, connections)
+                base, ours = _best_pair(
+                    [(base_port, path), (sim.port, "/api/generate")], body, requests, connections
+                )
                 label = f"streamed, {TOKENS + 1} lines" if stream else "stream:false"
                 print(
                     f"sim /api/generate ({label}): {ours * 1e6:8.0f} µs/request "
@@ -236,7 +245,7 @@ def bench_llama(num_predict: int, runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--num-predict", type=int, default=32)
     parser.add_argument("--runs", type=int, default=2)

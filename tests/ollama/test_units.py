@@ -190,3 +190,15 @@ def test_sim_config_rejects_bad_rates() -> None:
         SimConfig(faults=FaultRates(busy_503=0.7, reset=0.7)).validate()
     with pytest.raises(ValueError, match=r"within 0\.\.1"):
         SimConfig(faults=FaultRates(stall=-0.1)).validate()
+
+
+def test_cut_output_applies_limits_and_stops() -> None:
+    from emulator.ollama.sim import cut_output
+
+    pieces = ["One", " two", " three", "."]
+    assert cut_output(pieces, 10, ()) == (["One", " two", " three", "."], "stop")
+    assert cut_output(pieces, 2, ()) == (["One", " two"], "length")
+    assert cut_output(pieces, 10, (" thr",)) == (["One", " two", ""], "stop")
+    texts, reason = cut_output(pieces, 10, ("wo t",))
+    assert ("".join(texts), reason) == ("One t", "stop")
+    assert cut_output(pieces, 0, ()) == ([], "length")
