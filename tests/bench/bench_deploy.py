@@ -53,9 +53,8 @@ def main() -> None:
                 assert again["actions"]["image"] == "skipped (tag exists)", again["actions"]
     noop = statistics.median(noops)
     print(f"full deploy (build + create + smoke test): {full:7.2f} s")
-    print(
-        f"no-op redeploy, median of {len(noops)}:         {noop:7.2f} s  {[round(n, 2) for n in noops]}"
-    )
+    runs = [round(n, 2) for n in noops]
+    print(f"no-op redeploy, median of {len(noops)}:         {noop:7.2f} s  {runs}")
     print(f"ratio no-op / full:                         {noop / full:7.3f}")
 
 
