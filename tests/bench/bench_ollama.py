@@ -131,18 +131,31 @@ async def _load(port: int, path: str, body: bytes, requests: int, connections: i
     return time.perf_counter() - start
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): robust to other load on the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _best_pair(
-    targets: list[tuple[int, str]], body: bytes, requests: int, connections: int, rounds: int = 5
-) -> list[float]:
-    """Seconds per request for each (port, path), best of `rounds`. Runs are interleaved so that
-    load from other processes on a shared machine hits both sides alike."""
-    for port, path in targets:
+    targets: list[tuple[int, int, str]],
+    body: bytes,
+    requests: int,
+    connections: int,
+    rounds: int = 5,
+) -> list[tuple[float, float]]:
+    """(wall seconds, server CPU seconds) per request for each (pid, port, path), best of
+    `rounds`. Runs are interleaved so that load from other processes hits both sides alike."""
+    for _, port, path in targets:
         asyncio.run(_load(port, path, body, max(50, requests // 10), connections))  # warm-up
-    best = [float("inf")] * len(targets)
+    wall = [float("inf")] * len(targets)
+    cpu = [float("inf")] * len(targets)
     for _ in range(rounds):
-        for i, (port, path) in enumerate(targets):
-            best[i] = min(best[i], asyncio.run(_load(port, path, body, requests, connections)))
-    return [seconds / requests for seconds in best]
+        for i, (pid, port, path) in enumerate(targets):
+            before = _cpu_seconds(pid)
+            wall[i] = min(wall[i], asyncio.run(_load(port, path, body, requests, connections)))
+            cpu[i] = min(cpu[i], _cpu_seconds(pid) - before)
+    return [(w / requests, c / requests) for w, c in zip(wall, cpu, strict=True)]
 
 
 def bench_sim(requests: int, connections: int) -> None:
@@ -160,20 +173,27 @@ def bench_sim(requests: int, connections: int) -> None:
         base_port = int(port_file.read_text())
         time.sleep(0.5)
         args = ["--sim-response-tokens", str(TOKENS)]
-        with running_ollama_server(engine="sim", models=[SIM_MODEL], extra_args=args) as sim:
+        env = {"OLLAMA_NUM_PARALLEL": str(connections)}  # one slot per connection: no queueing
+        with running_ollama_server(
+            engine="sim", models=[SIM_MODEL], extra_args=args, env=env
+        ) as sim:
             for stream in (False, True):
                 request = {"model": SIM_MODEL, "prompt": "Why is the sky blue?", "stream": stream}
                 body = json.dumps(request).encode()
                 path = "/stream" if stream else "/json"
-                base, ours = _best_pair(
-                    [(base_port, path), (sim.port, "/api/generate")], body, requests, connections
+                (base, base_cpu), (ours, ours_cpu) = _best_pair(
+                    [(baseline.pid, base_port, path), (sim.process.pid, sim.port, "/api/generate")],
+                    body,
+                    requests,
+                    connections,
                 )
                 label = f"streamed, {TOKENS + 1} lines" if stream else "stream:false"
                 print(
-                    f"sim /api/generate ({label}): {ours * 1e6:8.0f} µs/request "
-                    f"{1 / ours:7.0f} req/s | baseline Starlette {base * 1e6:6.0f} µs/request "
-                    f"{1 / base:7.0f} req/s | ratio {ours / base:.2f}x, "
-                    f"overhead {(ours - base) * 1e6:.0f} µs/request"
+                    f"sim /api/generate ({label}): wall {ours * 1e6:5.0f} µs/request "
+                    f"({1 / ours:4.0f} req/s) vs baseline {base * 1e6:5.0f} µs ({1 / base:4.0f} "
+                    f"req/s), ratio {ours / base:.2f} | server CPU {ours_cpu * 1e6:5.0f} µs/request"
+                    f" vs baseline {base_cpu * 1e6:5.0f} µs, ratio {ours_cpu / base_cpu:.2f}, "
+                    f"overhead {(ours_cpu - base_cpu) * 1e6:.0f} µs CPU/request"
                 )
     finally:
         baseline.terminate()
