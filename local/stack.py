@@ -27,6 +27,9 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
 LOCAL_WORK_POOL = "local-process"
+# Where prefect.yaml's nightly-batch and pipeline deployments read prompts and write results.
+SAMPLE_BUCKET = "ollama-cloudrun-prompts"
+SAMPLE_PROMPTS = REPO_ROOT / "deployments" / "sample-prompts.jsonl"
 EMULATOR_ENV_KEYS = (
     "OLLAMA_CLOUDRUN_API_ENDPOINT",
     "STORAGE_EMULATOR_HOST",
@@ -108,6 +111,17 @@ class _Child:
         self.log_file.close()
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -178,6 +192,7 @@ class LocalStack:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.start_emulator()
+            self.seed_sample_prompts()
             self.start_server()
             self.ensure_work_pool()
             if self.config.register:
@@ -254,6 +269,26 @@ class LocalStack:
             time.sleep(0.2)
         self._wait_http(child, env["OLLAMA_CLOUDRUN_API_ENDPOINT"], deadline, any_status=True)
         self.emulator_env = env
+
+    def seed_sample_prompts(self) -> None:
+        """gs://ollama-cloudrun-prompts/prompts/sample.jsonl in the emulated Cloud Storage, so the
+        deployments' default parameters work on a click (an existing object is left alone)."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud.storage import Client
+
+        client = Client(
+            project=self.emulator_env["GOOGLE_CLOUD_PROJECT"],
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.emulator_env["STORAGE_EMULATOR_HOST"]},
+        )
+        bucket = client.lookup_bucket(SAMPLE_BUCKET) or client.create_bucket(SAMPLE_BUCKET)
+        blob = bucket.blob("prompts/sample.jsonl")
+        if not blob.exists():
+            blob.upload_from_filename(str(SAMPLE_PROMPTS), if_generation_match=0)
+
+    def process_groups(self) -> list[int]:
+        """The process group ids of the running children (each child leads its own group)."""
+        return [child.process.pid for child in self._children]
 
     def start_server(self) -> None:
         env = self.prefect_env()

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from local.stack import LocalStack, StackConfig, running_stack
+from local.stack import LocalStack, StackConfig, group_alive, running_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -50,7 +50,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with running_stack(
         StackConfig(state_dir=state_dir, port=0, engine="sim", startup_timeout=300)
     ) as started:
+        groups = started.process_groups()
+        assert len(groups) == 3  # emulator, server, worker
         yield started
+    left = [pgid for pgid in groups if group_alive(pgid)]
+    assert not left, f"processes left running in groups {left}"
 
 
 def _api(stack: LocalStack, method: str, path: str, **kwargs: Any) -> Any:
