@@ -237,7 +237,7 @@ async def _publish_summary(params: PipelineParameters, result: dict[str, Any]) -
         "model": result.get("model"),
         "input": params.input,
         "results": batch.get("output", "none"),
-        "counts": batch.get("counts", "none"),
+        "prompts": ", ".join(f"{k} {v}" for k, v in (batch.get("counts") or {}).items()) or "none",
         "tokens/s": (batch.get("tokens") or {}).get("eval_per_s", "n/a"),
         "teardown": result.get("teardown"),
     }
