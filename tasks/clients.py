@@ -16,8 +16,9 @@ import google.auth
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.auth.transport.requests import AuthorizedSession
-from google.cloud import artifactregistry_v1, run_v2, service_usage_v1, storage
+from google.cloud import artifactregistry_v1, run_v2, service_usage_v1
 from google.cloud.devtools import cloudbuild_v1
+from google.cloud.storage import Client as StorageClient
 
 API_ENDPOINT_ENV = "OLLAMA_CLOUDRUN_API_ENDPOINT"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -79,11 +80,11 @@ def service_usage_client(cloud: GoogleCloud) -> service_usage_v1.ServiceUsageCli
     return service_usage_v1.ServiceUsageClient(**_gapic_kwargs(cloud))
 
 
-def storage_client(cloud: GoogleCloud) -> storage.Client:
+def storage_client(cloud: GoogleCloud) -> StorageClient:
     # google-cloud-storage reads STORAGE_EMULATOR_HOST itself; it then ignores the credentials.
     if os.environ.get("STORAGE_EMULATOR_HOST"):
-        return storage.Client(project=cloud.project)
-    return storage.Client(project=cloud.project, credentials=cloud.credentials)
+        return StorageClient(project=cloud.project)
+    return StorageClient(project=cloud.project, credentials=cloud.credentials)
 
 
 def iam_session(cloud: GoogleCloud) -> tuple[AuthorizedSession, str]:
