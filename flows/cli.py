@@ -156,7 +156,7 @@ def _quiet_console_tracebacks() -> None:
         record.exc_info, record.exc_text = None, None
         return True
 
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine"):
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(
                 handler, logging.FileHandler
@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"Error: {exc.param_hint}: {exc.message}", err=True)
         raise SystemExit(EXIT_USAGE) from None
     os.environ["OLLAMA_CLOUDRUN_PROGRESS"] = "1"
+    # Without a Prefect server the flow starts a temporary one; 20 s is too short on small hosts.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     command = next((a for a in args if not a.startswith("-")), None)
     if command == "smoke_test":
         args[args.index(command)] = command = "smoke-test"

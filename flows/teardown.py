@@ -9,8 +9,11 @@ a TTL (service accounts, which have no labels, by the marker in their descriptio
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from google.api_core import exceptions as gexc
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -18,6 +21,7 @@ from pydantic import Field
 
 from tasks import artifact_registry, cloud_run, iam, storage
 from tasks.clients import GoogleCloud, resolve_cloud
+from tasks.errors import is_service_disabled
 from tasks.models import (
     ACCOUNT_ID_PATTERN,
     DEPLOYMENT_LABEL,
@@ -66,19 +70,29 @@ def _row(kind: str, name: str, deleted: bool) -> Row:
     return {"kind": kind, "name": name, "result": "deleted" if deleted else "already gone"}
 
 
+def _delete(kind: str, name: str, delete: Callable[[], bool]) -> Row:
+    """One deletion; an API that is not enabled cannot hold anything, so that is already gone."""
+    try:
+        return _row(kind, name, delete())
+    except gexc.Forbidden as exc:
+        if not is_service_disabled(exc):
+            raise
+        return {"kind": kind, "name": name, "result": "already gone (API not enabled)"}
+
+
 @task(name="teardown-service", cache_policy=NO_CACHE)
 def teardown_service(cloud: GoogleCloud, region: str, service: str) -> Row:
     name = cloud_run.service_name(cloud.project, region, service)
-    return _row("service", name, cloud_run.delete_service(cloud, name))
+    return _delete("service", name, lambda: cloud_run.delete_service(cloud, name))
 
 
 @task(name="teardown-repository", cache_policy=NO_CACHE)
 def teardown_repository(cloud: GoogleCloud, region: str, repository: str) -> Row:
     name = artifact_registry.repository_name(cloud.project, region, repository)
-    return _row(
+    return _delete(
         "repository (with its images)",
         name,
-        artifact_registry.delete_repository(cloud, region, repository),
+        lambda: artifact_registry.delete_repository(cloud, region, repository),
     )
 
 
@@ -98,14 +112,24 @@ def teardown_staging(
 
 @task(name="teardown-service-account", cache_policy=NO_CACHE)
 def teardown_service_account(cloud: GoogleCloud, email: str) -> Row:
-    return _row("service account", email, iam.delete_service_account(cloud, email))
+    return _delete("service account", email, lambda: iam.delete_service_account(cloud, email))
+
+
+def _listing(list_fn: Callable[[], list[Any]]) -> list[Any]:
+    """A listing for the sweep; an API that is not enabled holds nothing."""
+    try:
+        return list_fn()
+    except gexc.Forbidden as exc:
+        if not is_service_disabled(exc):
+            raise
+        return []
 
 
 @task(name="sweep-services", cache_policy=NO_CACHE)
 def sweep_services(cloud: GoogleCloud, regions: list[str], older_than: dt.datetime) -> list[Row]:
     rows = []
     for region in regions:
-        for svc in cloud_run.list_managed_services(cloud, region, MANAGED):
+        for svc in _listing(partial(cloud_run.list_managed_services, cloud, region, MANAGED)):
             if svc.create_time and svc.create_time < older_than:
                 rows.append(_row("service", svc.name, cloud_run.delete_service(cloud, svc.name)))
     return rows
@@ -117,7 +141,10 @@ def sweep_repositories(
 ) -> list[Row]:
     rows = []
     for region in regions:
-        for repo in artifact_registry.list_managed_repositories(cloud, region, MANAGED):
+        listed = _listing(
+            partial(artifact_registry.list_managed_repositories, cloud, region, MANAGED)
+        )
+        for repo in listed:
             if repo.create_time and repo.create_time < older_than:
                 repo_id = repo.name.rsplit("/", 1)[-1]
                 deleted = artifact_registry.delete_repository(cloud, region, repo_id)
@@ -128,7 +155,7 @@ def sweep_repositories(
 @task(name="sweep-service-accounts", cache_policy=NO_CACHE)
 def sweep_service_accounts(cloud: GoogleCloud, older_than: dt.datetime) -> list[Row]:
     rows = []
-    for account in iam.list_service_accounts(cloud):
+    for account in _listing(lambda: iam.list_service_accounts(cloud)):
         created = iam.marker_created(account)
         if created is not None and created < older_than:
             rows.append(

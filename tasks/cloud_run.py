@@ -168,6 +168,8 @@ def get_service(cloud: GoogleCloud, name: str) -> run_v2.Service | None:
         return client.get_service(name=name, retry=transient_retry())
     except gexc.NotFound:
         return None
+    except gexc.Forbidden as exc:
+        raise translate_google_error(exc, f"read Cloud Run service {name}") from exc
 
 
 def _raise_deploy_error(exc: gexc.GoogleAPICallError, spec: ServiceSpec, name: str) -> None:

@@ -22,8 +22,21 @@ conditions can recognise them.
 from __future__ import annotations
 
 import re
+import time
 
 from google.api_core import exceptions as gexc
+
+# SERVICE_DISABLED is transient only for APIs this process enabled recently (propagation);
+# otherwise it is permanent and must fail at once. API name → time.monotonic() of enabling.
+PROPAGATION_WINDOW_SECONDS = 900.0
+_enabled_at: dict[str, float] = {}
+
+
+def mark_enabled(services: list[str] | tuple[str, ...]) -> None:
+    """Record that ``services`` were just enabled: their 403 SERVICE_DISABLED is now transient."""
+    now = time.monotonic()
+    for service in services:
+        _enabled_at[service] = now
 
 
 class OllamaCloudRunError(Exception):
@@ -76,10 +89,19 @@ def is_service_disabled(exc: BaseException) -> bool:
     return isinstance(exc, gexc.Forbidden) and exc.reason == "SERVICE_DISABLED"
 
 
+def is_propagating(exc: BaseException) -> bool:
+    """SERVICE_DISABLED for an API enabled within the propagation window."""
+    if not is_service_disabled(exc):
+        return False
+    assert isinstance(exc, gexc.Forbidden)
+    enabled = _enabled_at.get((exc.metadata or {}).get("service", ""))
+    return enabled is not None and time.monotonic() - enabled < PROPAGATION_WINDOW_SECONDS
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors that retrying can fix: 429, 5xx, deadline/timeouts, API enablement propagation."""
     if is_service_disabled(exc):
-        return True
+        return is_propagating(exc)
     if isinstance(exc, gexc.TooManyRequests):
         return not _is_quota_message(str(exc))
     return isinstance(
@@ -121,7 +143,13 @@ def translate_google_error(exc: gexc.GoogleAPICallError, action: str) -> Excepti
     message = str(exc.message or exc)
     if _is_quota_message(message):
         return quota_error(message)
-    if isinstance(exc, gexc.Forbidden) and not is_service_disabled(exc):
+    if is_service_disabled(exc):
+        service = (getattr(exc, "metadata", None) or {}).get("service", "the API")
+        return AccessDeniedError(
+            f"{service} is not enabled in this project (needed to {action}): enable it "
+            f"(gcloud services enable {service}) or run the deploy flow, which enables it."
+        )
+    if isinstance(exc, gexc.Forbidden):
         return AccessDeniedError(
             f"Permission denied while trying to {action}: {message} "
             "Grant the caller the role this step needs (for example roles/run.admin, "

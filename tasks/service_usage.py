@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import clients
 from tasks.clients import GoogleCloud
+from tasks.errors import mark_enabled
 from tasks.retries import TASK_RETRY_DELAYS_SECONDS, retry_transient, transient_retry
 
 REQUIRED_SERVICES: tuple[str, ...] = (
@@ -24,6 +25,7 @@ NOOP_OPERATION = "operations/noop.DONE_OPERATION"
 def enable_services(cloud: GoogleCloud, services: list[str] | tuple[str, ...]) -> list[str]:
     """Enable ``services`` (at most 20 per call, as Google allows); returns the enabled names."""
     client = clients.service_usage_client(cloud)
+    mark_enabled(services)  # from now on their SERVICE_DISABLED 403s are propagation, retried
     enabled: list[str] = []
     for start in range(0, len(services), 20):
         chunk = list(services[start : start + 20])
