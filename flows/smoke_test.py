@@ -40,7 +40,7 @@ class SmokeTestParameters(GoogleCloudTarget):
 
 
 def _markdown(summary: dict[str, object]) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    rows = "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in summary.items())
     return f"## Smoke test\n\n| | |\n|---|---|\n{rows}\n"
 
 
