@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
-from google.cloud import storage  # type: ignore[attr-defined]
 
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 _GCS_RETRY = Retry(initial=0.5, maximum=10.0, multiplier=2.0, timeout=120.0)
