@@ -47,6 +47,7 @@ def test_ten_thousand_prompts_through_faults_every_id_once_all_succeeded(
         request_timeout_seconds=1.0,
         backoff_initial_seconds=0.02,
         backoff_max_seconds=0.5,
+        stream=True,  # the mode in which an error line can arrive mid-stream
     )
     manifest = asyncio.run(batch_inference(params))
     results, errors = read_output(local(tmp_path / "out"))
