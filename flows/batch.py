@@ -44,6 +44,7 @@ from tasks.batch.steps import (
 from tasks.batch.stores import open_store
 from tasks.batch.target import SERVICE_ID_RE, Target, is_url
 from tasks.clients import GoogleCloud, resolve_cloud, storage_client
+from tasks.id_tokens import GoogleIdTokenAuth
 
 # DESIGN §5: us-central1 prices seen for 2026 (secondary sources): an assumption, so parameters.
 L4_USD_PER_SECOND = 0.0001867  # without zonal redundancy
@@ -234,17 +235,13 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
         scan.succeeded,
         scan.failed,
     )
-    auth = None
-    if _uses_id_token(params):
-        from tasks.id_tokens import GoogleIdTokenAuth
-
-        auth = GoogleIdTokenAuth(target.uri)
+    id_tokens = GoogleIdTokenAuth(target.uri) if _uses_id_token(params) else None
     engine = build_engine(
         target,
         api=params.api,
         model=params.model,
         in_flight=in_flight,
-        auth=auth,
+        id_tokens=id_tokens,
         stream=params.stream,
         max_retries=params.max_retries,
         request_timeout_seconds=params.request_timeout_seconds,

@@ -110,6 +110,10 @@ class GoogleIdTokenAuth(httpx.Auth):
         token = self._fresh_token()
         return token if token is not None else await asyncio.to_thread(self._refresh_blocking)
 
+    async def arefresh(self, rejected: str) -> str:
+        """A token other than ``rejected`` (the service answered 401 to it)."""
+        return await asyncio.to_thread(self._refresh_blocking, rejected)
+
     # -- httpx.Auth ----------------------------------------------------------------------------
 
     def sync_auth_flow(
@@ -130,6 +134,6 @@ class GoogleIdTokenAuth(httpx.Auth):
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401:
-            token = await asyncio.to_thread(self._refresh_blocking, token)
+            token = await self.arefresh(token)
             request.headers["Authorization"] = f"Bearer {token}"
             yield request

@@ -29,7 +29,9 @@ from tasks.batch.records import InputProblem, PromptRequest, error_record
 from tasks.batch.stores import ObjectInfo, ObjectStore
 from tasks.batch.target import Target, is_url, lookup_service, url_target
 from tasks.clients import GoogleCloud
+from tasks.id_tokens import GoogleIdTokenAuth
 
+CONNECT_TIMEOUT_SECONDS = 10.0
 _GOOGLE_TRANSIENT = (gexc.TooManyRequests, gexc.ServiceUnavailable, gexc.InternalServerError)
 
 
@@ -221,29 +223,37 @@ def build_engine(
     api: str,
     model: str,
     in_flight: int,
-    auth: httpx.Auth | None,
+    id_tokens: GoogleIdTokenAuth | None,
     stream: bool,
     max_retries: int,
     request_timeout_seconds: float,
     backoff_initial_seconds: float,
     backoff_max_seconds: float,
 ) -> RequestEngine:
-    timeout = httpx.Timeout(
-        10.0, read=request_timeout_seconds, write=60.0, pool=request_timeout_seconds
-    )
     backend: Backend
     if api == "openai":
         backend = OpenAIBackend(
             target.uri + "/v1",
             model,
             api_key=os.environ.get("OPENAI_API_KEY") or "unused",
-            timeout=timeout,
-            auth=auth,
+            timeout=httpx.Timeout(
+                CONNECT_TIMEOUT_SECONDS,
+                read=request_timeout_seconds,
+                write=60.0,
+                pool=request_timeout_seconds,
+            ),
+            auth=id_tokens,
             max_connections=in_flight,
         )
     else:
         backend = OllamaBackend(
-            target.uri, model, timeout=timeout, auth=auth, max_connections=in_flight, stream=stream
+            target.uri,
+            model,
+            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
+            read_timeout_seconds=request_timeout_seconds,
+            tokens=id_tokens,
+            max_connections=in_flight,
+            stream=stream,
         )
     limiter = AdaptiveLimiter(
         in_flight, concurrency=target.concurrency, max_instances=target.max_instances

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ SERVICE_SECONDS = 0.45  # 150 / 4 × 0.45 s ≈ 17 s: four or more token lifetim
 
 @dataclass
 class AuthWatch:
-    """What the client's auth flow saw: digests of the bearer tokens sent, and 401 answers."""
+    """What the client's token source handed out: digests of the tokens, and 401 refreshes."""
 
     token_digests: set[str] = field(default_factory=set)
     requests: int = 0
@@ -46,26 +46,20 @@ class AuthWatch:
 @pytest.fixture
 def auth_watch(monkeypatch: pytest.MonkeyPatch) -> AuthWatch:
     watch = AuthWatch()
-    original = GoogleIdTokenAuth.async_auth_flow
+    get_token, refresh = GoogleIdTokenAuth.aget_token, GoogleIdTokenAuth.arefresh
 
-    async def watched(
-        self: GoogleIdTokenAuth, request: httpx.Request
-    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        flow = original(self, request)
-        outgoing = await flow.__anext__()
-        while True:
-            header = outgoing.headers.get("Authorization", "")
-            watch.token_digests.add(hashlib.sha256(header.encode()).hexdigest())
-            watch.requests += 1
-            response = yield outgoing
-            if response.status_code == 401:
-                watch.unauthorized += 1
-            try:
-                outgoing = await flow.asend(response)
-            except StopAsyncIteration:
-                return
+    async def watched_get(self: GoogleIdTokenAuth) -> str:
+        token = await get_token(self)
+        watch.token_digests.add(hashlib.sha256(token.encode()).hexdigest())
+        watch.requests += 1
+        return token
 
-    monkeypatch.setattr(GoogleIdTokenAuth, "async_auth_flow", watched)
+    async def watched_refresh(self: GoogleIdTokenAuth, rejected: str) -> str:
+        watch.unauthorized += 1  # only a 401 answer makes the backend call this
+        return await refresh(self, rejected)
+
+    monkeypatch.setattr(GoogleIdTokenAuth, "aget_token", watched_get)
+    monkeypatch.setattr(GoogleIdTokenAuth, "arefresh", watched_refresh)
     return watch
 
 
@@ -117,7 +111,7 @@ def test_short_lived_id_tokens_cause_no_auth_failure(
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert saved["counts"]["failed"] == 0 and saved["service"]["name"] == service
 
-    # Every prompt went through the ID-token auth, which refreshed before expiry: several
+    # Every request took its token from the ID-token source, which refreshed before expiry: several
     # tokens over the run, and the service never answered 401 (no reactive refresh needed).
     assert auth_watch.requests >= PROMPTS
     assert auth_watch.unauthorized == 0
