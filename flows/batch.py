@@ -25,12 +25,12 @@ from prefect.context import get_run_context
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.batch.engine import LatencyHistogram
 from tasks.batch.ledger import IdLedger
 from tasks.batch.outputs import ShardWriter, write_manifest
 from tasks.batch.progress import ProgressReporter
 from tasks.batch.steps import (
     PlanStats,
+    RunTotals,
     Shard,
     ShardResult,
     build_engine,
@@ -96,8 +96,8 @@ class BatchParams(BaseModel):
         1000, ge=1, le=1_000_000, description="Prompts per shard task and output shard."
     )
     retry_errors: bool = Field(False, description="Send ids that have an error record again.")
-    # One JSON body per prompt halves the client's CPU per request against per-chunk parsing
-    # (tests/bench/bench_batch.py); errors still arrive with their status when not streaming.
+    # One JSON body per prompt: one parse instead of one per token, and errors still arrive with
+    # their HTTP status. Streaming is there for servers that cut long non-streamed requests.
     stream: bool = Field(
         False, description="Stream responses (Ollama API); off: one JSON body per prompt."
     )
@@ -261,11 +261,10 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
     progress = ProgressReporter(
         total_bytes, artifact_interval_seconds=params.progress_interval_seconds, key=PROGRESS_KEY
     )
-    results: list[ShardResult] = []
-    problem_bytes = 0
+    totals = RunTotals()
 
     def done_bytes() -> int:
-        return plan.skipped_bytes + engine.stats.done_bytes + problem_bytes
+        return plan.skipped_bytes + engine.stats.done_bytes + totals.problem_bytes
 
     def status() -> str:
         s = engine.stats
@@ -299,11 +298,9 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
                 finished, still = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
                 active = set(still)
                 for done in finished:
-                    results.append(done.result())
-                    problem_bytes += results[-1].problem_bytes
+                    totals.add(done.result())
         for next_done in asyncio.as_completed(active):
-            results.append(await next_done)
-            problem_bytes += results[-1].problem_bytes
+            totals.add(await next_done)
         active = set()
     finally:
         for pending in active:
@@ -317,11 +314,9 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
 
     duration = time.monotonic() - started
     stats = engine.stats
-    latency = LatencyHistogram()
-    for shard_result in results:
-        latency.merge(shard_result.latency)
-    new_ok = sum(r.succeeded for r in results)
-    new_failed = sum(r.failed + r.input_errors for r in results)
+    latency = totals.latency
+    new_ok = totals.succeeded
+    new_failed = totals.failed + totals.input_errors
     cost, assumption = _cost(params, target, engine.limiter.instance_seconds)
     counts = {
         "total": new_ok + new_failed + plan.skipped_ok + plan.skipped_failed,
@@ -333,10 +328,10 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "counts": counts,
         "this_run": {
-            "sent": new_ok + new_failed - sum(r.input_errors for r in results),
+            "sent": new_ok + totals.failed,
             "succeeded": new_ok,
             "failed": new_failed,
-            "input_errors": sum(r.input_errors for r in results),
+            "input_errors": totals.input_errors,
             "skipped_succeeded": plan.skipped_ok,
             "skipped_failed": plan.skipped_failed,
             "retried_errors": plan.retried_errors,
@@ -374,7 +369,7 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
             "assumption": assumption,
         },
         "shards": {
-            "written": sorted(n for r in results for n in r.written),
+            "written": sorted(totals.written),
             "retired_error_shards": retired,
         },
         "reconciliation": "one record per id: its result if any, else its newest error record "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import aiohttp
+import certifi
 import httpx
 import ollama
 import openai
@@ -251,9 +253,14 @@ class OllamaBackend:
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
+            # certifi's CAs and the proxy variables, as httpx (and so the official client) uses.
+            tls = ssl.create_default_context(cafile=certifi.where())
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, limit_per_host=0, ssl=tls
+                ),
                 timeout=self._timeout,
+                trust_env=True,
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
                 read_bufsize=1 << 20,  # one streamed line must fit (a token, or a final chunk)
                 raise_for_status=False,

@@ -22,10 +22,10 @@ def _key(id_: str) -> bytes:
 
 class IdLedger:
     def __init__(self) -> None:
-        # "" = a private temporary on-disk database; the cache keeps small batches in memory.
+        # "" = a private temporary on-disk database; a 2 MiB page cache (the OS caches the rest).
         self._db = sqlite3.connect("", check_same_thread=False)
         self._db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-8192;"
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2048;"
             "CREATE TABLE ids (key BLOB PRIMARY KEY, state INTEGER NOT NULL) WITHOUT ROWID;"
         )
 

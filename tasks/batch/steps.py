@@ -176,6 +176,26 @@ class ShardResult:
     latency: LatencyHistogram
 
 
+@dataclass
+class RunTotals:
+    """The finished shards folded as they come, so a run of any length holds one of these."""
+
+    succeeded: int = 0
+    failed: int = 0
+    input_errors: int = 0
+    problem_bytes: int = 0
+    written: list[str] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def add(self, shard: ShardResult) -> None:
+        self.succeeded += shard.succeeded
+        self.failed += shard.failed
+        self.input_errors += shard.input_errors
+        self.problem_bytes += shard.problem_bytes
+        self.written += shard.written
+        self.latency.merge(shard.latency)
+
+
 @task(
     name="process-shard", task_run_name="shard-{seq}", cache_policy=NO_CACHE, persist_result=False
 )

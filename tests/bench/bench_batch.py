@@ -9,10 +9,11 @@ server with S·I slots stands in for I instances: the batch client only sees slo
    0.5 s (a 9B model on an L4 takes seconds per answer, so this is still the hard case) and, as a
    stress row, 0.1 s, where the ~5 ms round trip alone caps any client near 0.94;
 2. client CPU time per prompt (the whole flow process, Prefect included);
-3. the same work by a sequential loop over the official ``ollama`` client and by one Prefect task
-   per prompt (``task.map``, S·I threads), each measured on a sample and extrapolated;
-4. the request engine over the official ``ollama.AsyncClient`` (httpx) against its aiohttp backend:
+3. the request engine over the official ``ollama.AsyncClient`` (httpx) against its aiohttp backend:
    why the batch speaks Ollama's API through aiohttp;
+4. the same work by a sequential loop over the official ``ollama`` client and by one Prefect task
+   per prompt (``task.map``, S·I threads), each measured on a sample and extrapolated (last: the
+   task runs leave the Prefect server busy for a while);
 5. peak RSS of ``batch_inference`` over 10,000 and 1,000,000 prompts (``--quick``: 100,000), each
    in a fresh process with an instant stub backend, so only the client's own memory grows.
 """
@@ -268,6 +269,17 @@ def main() -> None:
                 f"{ideal / wall:.3f} (goal 0.95) | bare aiohttp loop (floor) {floor:.1f} s, "
                 f"efficiency {ideal / floor:.3f} | client CPU {cpu / n * 1000:.2f} ms/prompt"
             )
+        with sim(args.stress_seconds, slots) as server:
+            official = bench_engine(server.base_url, "official", slots)
+            ours = bench_engine(server.base_url, "aiohttp", slots)
+        ideal = ENGINE_N * args.stress_seconds / slots
+        print(
+            f"request engine alone, {ENGINE_N} prompts at T={args.stress_seconds}s: official "
+            f"ollama.AsyncClient (httpx) efficiency {ideal / official[0]:.3f}, "
+            f"{official[1] / ENGINE_N * 1000:.2f} ms CPU/prompt | aiohttp backend "
+            f"{ideal / ours[0]:.3f}, {ours[1] / ENGINE_N * 1000:.2f} ms CPU/prompt "
+            f"({official[1] / ours[1]:.1f}x less CPU)"
+        )
         wall = walls[args.service_seconds]
         with sim(args.service_seconds, slots) as server:
             seq = bench_sequential(server.base_url, n)
@@ -281,17 +293,6 @@ def main() -> None:
                 f"threads): ~{per_task:.0f} s (measured {SAMPLE_MAP}, extrapolated); "
                 f"batch_inference is {per_task / wall:.1f}x faster"
             )
-        with sim(args.stress_seconds, slots) as server:
-            official = bench_engine(server.base_url, "official", slots)
-            ours = bench_engine(server.base_url, "aiohttp", slots)
-        ideal = ENGINE_N * args.stress_seconds / slots
-        print(
-            f"request engine alone, {ENGINE_N} prompts at T={args.stress_seconds}s: official "
-            f"ollama.AsyncClient (httpx) efficiency {ideal / official[0]:.3f}, "
-            f"{official[1] / ENGINE_N * 1000:.2f} ms CPU/prompt | aiohttp backend "
-            f"{ideal / ours[0]:.3f}, {ours[1] / ENGINE_N * 1000:.2f} ms CPU/prompt "
-            f"({official[1] / ours[1]:.1f}x less CPU)"
-        )
         api_url = str(PREFECT_API_URL.value())
         small, big = bench_memory(10_000, api_url), bench_memory(big_n, api_url)
     print(
