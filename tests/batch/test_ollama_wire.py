@@ -203,3 +203,14 @@ def test_the_backend_keeps_one_session_with_keep_alive(sim_ollama: OllamaServer)
             await backend.aclose()
 
     assert 1 <= asyncio.run(run()) <= 4  # idle keep-alive connections, at most the limit
+
+
+def test_the_proxy_variables_are_honoured_and_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.batch.engine import _env_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    proxy, auth = _env_proxy("https://ollama-gemma-abc-uc.a.run.app")
+    assert str(proxy) == "http://proxy.internal:3128"
+    assert auth is not None and auth.login == "user"
+    assert _env_proxy("http://127.0.0.1:11434") == (None, None)
