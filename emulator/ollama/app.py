@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from emulator.ollama import openai_api
+from emulator.ollama.answers import rendering_errors, respond, state_of
 from emulator.ollama.config import keep_alive_from_json
 from emulator.ollama.engine import Done, Job, Message, Piece, check_format
 from emulator.ollama.errors import OllamaError, model_not_found
@@ -42,25 +43,8 @@ from emulator.ollama.wire import (
 
 VERSION = "0.33.0"
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def native(handler: Handler) -> Handler:
-    """Render OllamaError as ``{"error": "..."}`` with its status."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except OllamaError as exc:
-            return error_response(exc)
-
-    wrapped.__name__ = handler.__name__
-    return wrapped
-
-
-def state_of(request: Request) -> EmulatorState:
-    state: EmulatorState = request.app.state.emulator
-    return state
+# Render OllamaError as ``{"error": "..."}`` with its status.
+native = rendering_errors(error_response)
 
 
 def parse_keep_alive(data: dict[str, Any]) -> float | None:
@@ -81,10 +65,6 @@ def reject_thinking(data: dict[str, Any], display: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Streaming
-
-
-async def _first(events: AsyncIterator[Piece | Done]) -> Piece | Done:
-    return await events.__anext__()
 
 
 def ndjson_stream(
@@ -110,25 +90,6 @@ def ndjson_stream(
     return StreamingResponse(body(), media_type=NDJSON_TYPE)
 
 
-async def collect(
-    events: AsyncIterator[Piece | Done],
-) -> tuple[str, Done]:
-    parts: list[str] = []
-    done: Done | None = None
-    async for event in events:
-        if isinstance(event, Piece):
-            parts.append(event.text)
-        else:
-            done = event
-    assert done is not None, "engine ended without a Done event"
-    return "".join(parts), done
-
-
-def reset_response(request: Request) -> Response:
-    abort_connection(request.scope)
-    return Response(b"", status_code=500)
-
-
 def metrics(done: Done, total_ns: int, load_ns: int) -> dict[str, int]:
     """The nanosecond metrics in Go struct order; zero values are omitted (omitempty)."""
     values = {
@@ -152,6 +113,29 @@ async def root(request: Request) -> Response:
 
 async def version(request: Request) -> Response:
     return json_response({"version": VERSION})
+
+
+async def respond_native(
+    request: Request,
+    events: AsyncIterator[Piece | Done],
+    *,
+    stream: bool,
+    piece: Callable[[str], dict[str, Any]],
+    final: Callable[[Done, str], dict[str, Any]],
+) -> Response:
+    """One JSON body, or NDJSON: a ``piece`` per generated text, then the ``final`` chunk."""
+
+    def render(event: Piece | Done) -> bytes:
+        body = piece(event.text) if isinstance(event, Piece) else final(event, "")
+        return dumps(body) + b"\n"
+
+    return await respond(
+        request,
+        events,
+        stream=stream,
+        whole=lambda text, done: json_response(final(done, text)),
+        streamed=lambda first: ndjson_stream(request, first, events, render),
+    )
 
 
 @native
@@ -230,24 +214,10 @@ async def generate(request: Request) -> Response:
         body.update(metrics(done, time.perf_counter_ns() - t0, inference.load_ns))
         return body
 
-    if not stream:
-        try:
-            text, done = await collect(events)
-        except ResetRequested:
-            return reset_response(request)
-        return json_response(final(done, text))
+    def piece(text: str) -> dict[str, Any]:
+        return {"model": name, "created_at": rfc3339(), "response": text, "done": False}
 
-    def render(event: Piece | Done) -> bytes:
-        if isinstance(event, Piece):
-            chunk = {"model": name, "created_at": rfc3339(), "response": event.text, "done": False}
-            return dumps(chunk) + b"\n"
-        return dumps(final(event, "")) + b"\n"
-
-    try:
-        first = await _first(events)
-    except ResetRequested:
-        return reset_response(request)
-    return ndjson_stream(request, first, events, render)
+    return await respond_native(request, events, stream=stream, piece=piece, final=final)
 
 
 def parse_messages(raw: list[Any]) -> tuple[Message, ...]:
@@ -315,29 +285,11 @@ async def chat(request: Request) -> Response:
         body.update(metrics(done, time.perf_counter_ns() - t0, inference.load_ns))
         return body
 
-    if not stream:
-        try:
-            text, done = await collect(events)
-        except ResetRequested:
-            return reset_response(request)
-        return json_response(final(done, text))
+    def piece(text: str) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        return {"model": name, "created_at": rfc3339(), "message": message, "done": False}
 
-    def render(event: Piece | Done) -> bytes:
-        if isinstance(event, Piece):
-            chunk = {
-                "model": name,
-                "created_at": rfc3339(),
-                "message": {"role": "assistant", "content": event.text},
-                "done": False,
-            }
-            return dumps(chunk) + b"\n"
-        return dumps(final(event, "")) + b"\n"
-
-    try:
-        first = await _first(events)
-    except ResetRequested:
-        return reset_response(request)
-    return ndjson_stream(request, first, events, render)
+    return await respond_native(request, events, stream=stream, piece=piece, final=final)
 
 
 @native

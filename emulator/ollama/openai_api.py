@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from emulator.ollama.answers import rendering_errors, respond, state_of
 from emulator.ollama.engine import Done, Job, Message, Piece
 from emulator.ollama.errors import OllamaError, model_not_found
 from emulator.ollama.options import GenOptions, parse_options
@@ -30,8 +31,6 @@ from emulator.ollama.wire import (
     field_str,
     read_json,
 )
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def openai_error_body(status: int, message: str) -> dict[str, Any]:
@@ -47,20 +46,7 @@ def openai_error(exc: OllamaError) -> Response:
     )
 
 
-def openai(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except OllamaError as exc:
-            return openai_error(exc)
-
-    wrapped.__name__ = handler.__name__
-    return wrapped
-
-
-def _state(request: Request) -> EmulatorState:
-    state: EmulatorState = request.app.state.emulator
-    return state
+openai = rendering_errors(openai_error)
 
 
 def _options(data: dict[str, Any]) -> GenOptions:
@@ -149,7 +135,7 @@ async def _prepare(
     request: Request, struct_name: str
 ) -> tuple[EmulatorState, dict[str, Any], str, int]:
     t0 = time.perf_counter_ns()
-    state = _state(request)
+    state = state_of(request)
     data = await read_json(request, struct_name)
     name = field_str(data, "model", struct_name)
     return state, data, name, t0
@@ -178,18 +164,6 @@ def _sse_response(
             await events.aclose()  # type: ignore[attr-defined]
 
     return StreamingResponse(body(), media_type=SSE_TYPE)
-
-
-async def _collect(events: AsyncIterator[Piece | Done]) -> tuple[str, Done]:
-    parts: list[str] = []
-    done: Done | None = None
-    async for event in events:
-        if isinstance(event, Piece):
-            parts.append(event.text)
-        else:
-            done = event
-    assert done is not None
-    return "".join(parts), done
 
 
 @openai
@@ -225,12 +199,8 @@ async def chat_completions(request: Request) -> Response:
     created = int(time.time())
     base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
             "system_fingerprint": "fp_ollama"}  # fmt: skip
-    if not stream:
-        try:
-            text, done = await _collect(inference.events)
-        except ResetRequested:
-            abort_connection(request.scope)
-            return Response(b"", status_code=500)
+
+    def whole(text: str, done: Done) -> Response:
         reason = done.done_reason if done.done_reason in ("stop", "length") else "stop"
         body = {
             **base,
@@ -245,6 +215,7 @@ async def chat_completions(request: Request) -> Response:
             "usage": _usage(done),
         }
         return Response(dumps(body), media_type=JSON_TYPE)
+
     include_usage = _include_usage(data)
 
     def chunk(event: Piece | Done) -> list[dict[str, Any]]:
@@ -258,12 +229,13 @@ async def chat_completions(request: Request) -> Response:
             out.append({**base, "choices": [], "usage": _usage(event)})
         return out
 
-    try:
-        first = await inference.events.__anext__()
-    except ResetRequested:
-        abort_connection(request.scope)
-        return Response(b"", status_code=500)
-    return _sse_response(request, first, inference.events, chunk)
+    return await respond(
+        request,
+        inference.events,
+        stream=stream,
+        whole=whole,
+        streamed=lambda first: _sse_response(request, first, inference.events, chunk),
+    )
 
 
 @openai
@@ -295,18 +267,15 @@ async def completions(request: Request) -> Response:
     ident = f"cmpl-{random.randrange(999)}"
     base = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": name,
             "system_fingerprint": "fp_ollama"}  # fmt: skip
-    if not stream:
-        try:
-            text, done = await _collect(inference.events)
-        except ResetRequested:
-            abort_connection(request.scope)
-            return Response(b"", status_code=500)
+
+    def whole(text: str, done: Done) -> Response:
         body = {
             **base,
             "choices": [{"text": text, "index": 0, "finish_reason": done.done_reason}],
             "usage": _usage(done),
         }
         return Response(dumps(body), media_type=JSON_TYPE)
+
     include_usage = _include_usage(data)
 
     def chunk(event: Piece | Done) -> list[dict[str, Any]]:
@@ -319,12 +288,13 @@ async def completions(request: Request) -> Response:
             out.append({**base, "choices": [], "usage": _usage(event)})
         return out
 
-    try:
-        first = await inference.events.__anext__()
-    except ResetRequested:
-        abort_connection(request.scope)
-        return Response(b"", status_code=500)
-    return _sse_response(request, first, inference.events, chunk)
+    return await respond(
+        request,
+        inference.events,
+        stream=stream,
+        whole=whole,
+        streamed=lambda first: _sse_response(request, first, inference.events, chunk),
+    )
 
 
 def _model_object(name: str, modified_ns: int) -> dict[str, Any]:
@@ -334,14 +304,14 @@ def _model_object(name: str, modified_ns: int) -> dict[str, Any]:
 
 @openai
 async def list_models(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     data = [_model_object(e.display, e.modified_at_ns) for e in state.catalog.entries()]
     return Response(dumps({"object": "list", "data": data or None}), media_type=JSON_TYPE)
 
 
 @openai
 async def retrieve_model(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     name = request.path_params["model"]
     entry = state.catalog.lookup(name)
     if entry is None:
