@@ -21,7 +21,7 @@ from emulator.ollama.answers import rendering_errors, respond, state_of
 from emulator.ollama.engine import Done, Job, Message, Piece
 from emulator.ollama.errors import OllamaError, model_not_found
 from emulator.ollama.options import GenOptions, parse_options
-from emulator.ollama.service import EmulatorState, ResetRequested, start_inference
+from emulator.ollama.service import EmulatorState, Inference, ResetRequested, start_inference
 from emulator.ollama.wire import (
     JSON_TYPE,
     SSE_TYPE,
@@ -141,6 +141,23 @@ async def _prepare(
     return state, data, name, t0
 
 
+async def answer(
+    request: Request,
+    inference: Inference,
+    stream: bool,
+    whole: Callable[[str, Done], Response],
+    chunk: Callable[[Piece | Done], list[dict[str, Any]]],
+) -> Response:
+    """``whole(text, done)``, or server-sent events with ``chunk`` rendering each event."""
+    return await respond(
+        request,
+        inference.events,
+        stream=stream,
+        whole=whole,
+        streamed=lambda first: _sse_response(request, first, inference.events, chunk),
+    )
+
+
 def _sse_response(
     request: Request,
     first: Piece | Done,
@@ -229,13 +246,7 @@ async def chat_completions(request: Request) -> Response:
             out.append({**base, "choices": [], "usage": _usage(event)})
         return out
 
-    return await respond(
-        request,
-        inference.events,
-        stream=stream,
-        whole=whole,
-        streamed=lambda first: _sse_response(request, first, inference.events, chunk),
-    )
+    return await answer(request, inference, stream, whole, chunk)
 
 
 @openai
@@ -288,13 +299,7 @@ async def completions(request: Request) -> Response:
             out.append({**base, "choices": [], "usage": _usage(event)})
         return out
 
-    return await respond(
-        request,
-        inference.events,
-        stream=stream,
-        whole=whole,
-        streamed=lambda first: _sse_response(request, first, inference.events, chunk),
-    )
+    return await answer(request, inference, stream, whole, chunk)
 
 
 def _model_object(name: str, modified_ns: int) -> dict[str, Any]:
