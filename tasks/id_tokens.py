@@ -1,8 +1,9 @@
 """Google ID tokens for a private Cloud Run service, as an ``httpx.Auth``.
 
 ``ollama.AsyncClient(host=uri, auth=GoogleIdTokenAuth(uri))`` (or ``ollama.Client``/``httpx``) then
-sends ``Authorization: Bearer <ID token>`` with the service's uri as audience. Tokens come from
-``google.oauth2.id_token.fetch_id_token_credentials`` (a service-account key file named by
+sends ``Authorization: Bearer <ID token>`` with the service's uri as audience; clients that are not
+httpx (the batch's aiohttp backend) call ``aget_token`` and, after a 401, ``arefresh``. Tokens come
+from ``google.oauth2.id_token.fetch_id_token_credentials`` (a service-account key file named by
 ``GOOGLE_APPLICATION_CREDENTIALS``, or the metadata server), are refreshed ahead of expiry and once
 more when the service answers 401. The token is never logged, never in a repr and never in an
 exception message.

@@ -224,11 +224,11 @@ class TokenSource(Protocol):
 class OllamaBackend:
     """Ollama's native API, ``/api/generate`` or ``/api/chat``, over one aiohttp session.
 
-    aiohttp rather than the official client (httpx): a third of the client CPU per request (0.9
-    against 2.8 ms on the bench), which is what keeps every slot busy when the client shares its
-    cores. The wire and the errors are the official client's: the same JSON bodies,
-    ``ollama.ResponseError`` with the HTTP status (-1 for an error line mid-stream), and a
-    ``ConnectionError`` when nothing answers. A 401 fetches a new token once and sends again.
+    aiohttp rather than the official client (httpx): a third of the client CPU per request (1.0
+    against 3.2 ms in tests/bench/bench_batch.py), which is what keeps every slot busy when the
+    client shares its cores. The wire and the errors are the official client's: the same JSON
+    bodies, ``ollama.ResponseError`` with the HTTP status (-1 for an error line mid-stream), and
+    a ``ConnectionError`` when nothing answers. A 401 fetches a new token once and sends again.
     """
 
     def __init__(
@@ -311,9 +311,11 @@ class OllamaBackend:
                     if response.status >= 400:
                         text = (await response.read()).decode("utf-8", "replace")
                         raise ollama.ResponseError(text or response.reason or "", response.status)
+                    chat = request.messages is not None
                     if self.stream:
-                        return await self._read_stream(response, chat=request.messages is not None)
-                    return self._completion(json.loads(await response.read()))
+                        return await self._read_stream(response, chat=chat)
+                    body = json.loads(await response.read())
+                    return self._completion(body, _text(body, chat))
             except aiohttp.ClientConnectorError:
                 raise ConnectionError(f"cannot connect to {self._base}") from None
         raise AssertionError("unreachable")
@@ -331,11 +333,11 @@ class OllamaBackend:
                 return self._completion(chunk, "".join(parts))
         raise IncompleteResponseError("the stream ended before its final chunk")
 
-    def _completion(self, body: dict[str, Any], text: str | None = None) -> Completion:
+    def _completion(self, body: dict[str, Any], text: str) -> Completion:
         if error := body.get("error"):
             raise ollama.ResponseError(str(error))
         return Completion(
-            text=_text(body, "message" in body) if text is None else text,
+            text=text,
             model=body.get("model") or self.model,
             done_reason=body.get("done_reason"),
             prompt_eval_count=body.get("prompt_eval_count") or 0,
