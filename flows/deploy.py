@@ -109,13 +109,13 @@ def console_links(project: str, params: DeployParameters) -> dict[str, str]:
 
 
 @cloud_run.deploy_service.on_rollback
-def _undo_service_change(txn: Transaction) -> None:
+def _revert_service_change(txn: Transaction) -> None:
     """Rollback hook: put the service back as it was before this run touched it."""
     outcome = txn.get("outcome", None)
     cloud = txn.get("cloud", None)
     if outcome is None or cloud is None:
         return
-    done = cloud_run.undo(cloud, outcome)
+    done = cloud_run.revert_service(cloud, outcome)
     get_run_logger().warning("Rolled back %s: %s", outcome.name, done)
 
 
@@ -128,49 +128,58 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@flow(name="deploy")
-def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
-    """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
-    params = params or DeployParameters()
-    logger = get_run_logger()
-    cloud = resolve_cloud(params.project, params.credentials_block)
-    member = params.invoker or caller_member(cloud)
-    labels = managed_labels(params.service, flow_run.get_name())
-    static_labels = managed_labels(params.service, None)
-    actions: dict[str, str] = {}
-
-    service_usage.enable_apis(cloud)
-    _, repo_created = artifact_registry.ensure_repository_task(
-        cloud, params.region, params.repository, labels
-    )
-    actions["repository"] = "created" if repo_created else "exists"
-
+def _find_or_build_image(
+    cloud: GoogleCloud, params: DeployParameters, labels: dict[str, str]
+) -> tuple[artifact_registry.ImageRef, cloud_build.BuiltImage | None]:
+    """The image tagged with its source and model's hash; built only when that tag is absent."""
     build_args = {"MODEL": params.model}
     tag = "src-" + storage.source_hash(params.context, build_args)[:20]
     image = artifact_registry.find_image_tag(
         cloud, params.region, params.repository, params.image, tag
     )
-    build_id, log_url = "", ""
-    if image is None:
-        staged = storage.upload_source_task(cloud, params.context, labels)
-        built = cloud_build.build_image(
-            cloud,
-            staged,
-            artifact_registry.image_uri(
-                cloud.project, params.region, params.repository, params.image, tag
-            ),
-            build_args,
-            params.build_timeout_seconds,
-            params.build_machine_type,
-            static_labels,
-        )
-        image = artifact_registry.ImageRef(built.image, built.digest)
-        build_id, log_url = built.build_id, built.log_url
-        actions["image"] = "built"
-    else:
-        actions["image"] = "skipped (tag exists)"
+    if image is not None:
+        return image, None
+    staged = storage.upload_source(cloud, params.context, labels)
+    built = cloud_build.build_image(
+        cloud,
+        staged,
+        artifact_registry.image_uri(
+            cloud.project, params.region, params.repository, params.image, tag
+        ),
+        build_args,
+        params.build_timeout_seconds,
+        params.build_machine_type,
+        managed_labels(params.service, None),
+    )
+    return artifact_registry.ImageRef(built.image, built.digest), built
 
-    sa_email, sa_created = iam.ensure_service_account_task(
+
+SMOKE_SUMMARY_KEYS = (
+    "model",
+    "models listed",
+    "cold start (s)",
+    "first token (s)",
+    "sample answer",
+)
+
+
+@flow(name="deploy")
+def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
+    """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
+    params = params or DeployParameters()
+    cloud = resolve_cloud(params.project, params.credentials_block)
+    member = params.invoker or caller_member(cloud)
+    labels = managed_labels(params.service, flow_run.get_name())
+    actions: dict[str, str] = {}
+
+    cloud = cloud.with_enabled(service_usage.enable_apis(cloud))
+    _, repo_created = artifact_registry.ensure_repository(
+        cloud, params.region, params.repository, labels
+    )
+    actions["repository"] = "created" if repo_created else "exists"
+    image, built = _find_or_build_image(cloud, params, labels)
+    actions["image"] = "built" if built else "skipped (tag exists)"
+    sa_email, sa_created = iam.ensure_service_account(
         cloud, params.service_account_id, f"Ollama on Cloud Run ({params.service})"
     )
     actions["service account"] = "created" if sa_created else "exists"
@@ -183,7 +192,7 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
         actions["service"] = outcome.action
         granted = cloud_run.grant_invoker(cloud, outcome.name, member)
         actions["invoker"] = f"{'granted to' if granted else 'kept for'} {member}"
-        service = cloud_run.wait_ready(cloud, outcome.name, params.ready_timeout_seconds)
+        service = cloud_run.wait_until_ready(cloud, outcome.name, params.ready_timeout_seconds)
         if params.run_smoke_test:
             smoke = smoke_test(
                 SmokeTestParameters(
@@ -201,26 +210,18 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
         "revision": service.revision,
         "image": image.tag_uri,
         "digest": image.digest,
-        "build": f"{build_id} ({log_url})" if build_id else "none (image tag already existed)",
+        "build": f"{built.build_id} ({built.log_url})"
+        if built
+        else "none (image tag already existed)",
         "actions": actions,
         "console": console_links(cloud.project, params),
     }
     if smoke:
-        summary["smoke test"] = {
-            k: smoke[k]
-            for k in (
-                "model",
-                "models listed",
-                "cold start (s)",
-                "first token (s)",
-                "sample answer",
-            )
-            if k in smoke
-        }
+        summary["smoke test"] = {k: smoke[k] for k in SMOKE_SUMMARY_KEYS if k in smoke}
     create_markdown_artifact(
         markdown=_markdown(summary),
         key=f"deploy-{params.service}",
         description=f"Deploy of {outcome.name}",
     )
-    logger.info("Deployed %s at %s (%s)", outcome.name, service.uri, outcome.action)
+    get_run_logger().info("Deployed %s at %s (%s)", outcome.name, service.uri, outcome.action)
     return summary

@@ -61,7 +61,7 @@ def smoke_test(params: SmokeTestParameters | None = None) -> dict[str, object]:
     tags = ollama.list_models(uri, auth, params.start_timeout_seconds)
     if not any(m == model or m == f"{model}:latest" for m in tags.models):
         raise SmokeTestError(f"{uri}/api/tags does not list {model}: {tags.models}")
-    sample = ollama.generate(uri, auth, model, params.prompt, params.num_predict)
+    sample = ollama.generate_sample(uri, auth, model, params.prompt, params.num_predict)
     status = ollama.check_private(uri)
 
     summary: dict[str, object] = {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from functools import partial
 
 from google.api_core import exceptions as gexc
 from google.cloud import artifactregistry_v1
@@ -11,10 +13,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import clients
 from tasks.clients import GoogleCloud
-from tasks.errors import translate_google_error
+from tasks.deletions import Deletion, delete_resource, list_or_empty
+from tasks.errors import google_errors
+from tasks.models import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from tasks.retries import transient_retry
 
 OPERATION_TIMEOUT_SECONDS = 300.0
+REPOSITORY_KIND = "repository (with its images)"
 
 
 @dataclass(frozen=True)
@@ -50,75 +55,28 @@ def build_repository(labels: dict[str, str]) -> artifactregistry_v1.Repository:
     )
 
 
+@task(name="ensure-repository", cache_policy=NO_CACHE)
 def ensure_repository(
     cloud: GoogleCloud, region: str, repository: str, labels: dict[str, str]
-) -> tuple[artifactregistry_v1.Repository, bool]:
-    """Create the Docker repository, or get it when it exists. Returns (repository, created)."""
+) -> tuple[str, bool]:
+    """Create the Docker repository, or get it when it exists. Returns (its name, created)."""
     client = clients.artifact_registry_client(cloud)
     name = repository_name(cloud.project, region, repository)
-    try:
-        return client.get_repository(name=name, retry=transient_retry()), False
-    except gexc.NotFound:
-        pass
-    try:
-        operation = client.create_repository(
-            parent=f"projects/{cloud.project}/locations/{region}",
-            repository=build_repository(labels),
-            repository_id=repository,
-            retry=transient_retry(),
-        )
-        return operation.result(timeout=OPERATION_TIMEOUT_SECONDS), True
-    except gexc.Conflict:
-        return client.get_repository(name=name, retry=transient_retry()), False
-    except (gexc.Forbidden, gexc.BadRequest) as exc:
-        raise translate_google_error(exc, f"create repository {name}") from exc
-
-
-def find_tag(cloud: GoogleCloud, region: str, repository: str, image: str, tag: str) -> str | None:
-    """The digest (``sha256:…``) the tag points at, or None when the tag (or image) is absent."""
-    client = clients.artifact_registry_client(cloud)
-    package = client.package_path(cloud.project, region, repository, image)
-    try:
-        for found in client.list_tags(parent=package, retry=transient_retry()):
-            if found.name.rsplit("/", 1)[-1] == tag:
-                return found.version.rsplit("/", 1)[-1]
-    except gexc.NotFound:
-        return None
-    return None
-
-
-def delete_repository(cloud: GoogleCloud, region: str, repository: str) -> bool:
-    """Delete the repository and every image in it. True if deleted, False if already gone."""
-    client = clients.artifact_registry_client(cloud)
-    try:
-        operation = client.delete_repository(
-            name=repository_name(cloud.project, region, repository), retry=transient_retry()
-        )
-        operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
-    except gexc.NotFound:
-        return False
-    return True
-
-
-def list_managed_repositories(
-    cloud: GoogleCloud, region: str, label: tuple[str, str]
-) -> list[artifactregistry_v1.Repository]:
-    client = clients.artifact_registry_client(cloud)
-    key, value = label
-    try:
-        repos = client.list_repositories(
-            parent=f"projects/{cloud.project}/locations/{region}", retry=transient_retry()
-        )
-        return [r for r in repos if r.labels.get(key) == value]
-    except gexc.NotFound:
-        return []
-
-
-@task(name="ensure-repository", cache_policy=NO_CACHE)
-def ensure_repository_task(
-    cloud: GoogleCloud, region: str, repository: str, labels: dict[str, str]
-) -> tuple[str, bool]:
-    repo, created = ensure_repository(cloud, region, repository, labels)
+    created = False
+    with google_errors(f"create repository {name}"):
+        try:
+            repo = client.get_repository(name=name, retry=transient_retry(cloud))
+        except gexc.NotFound:
+            try:
+                operation = client.create_repository(
+                    parent=f"projects/{cloud.project}/locations/{region}",
+                    repository=build_repository(labels),
+                    repository_id=repository,
+                    retry=transient_retry(cloud),
+                )
+                repo, created = operation.result(timeout=OPERATION_TIMEOUT_SECONDS), True
+            except gexc.Conflict:
+                repo = client.get_repository(name=name, retry=transient_retry(cloud))
     get_run_logger().info("Repository %s %s", repo.name, "created" if created else "exists")
     return repo.name, created
 
@@ -127,12 +85,57 @@ def ensure_repository_task(
 def find_image_tag(
     cloud: GoogleCloud, region: str, repository: str, image: str, tag: str
 ) -> ImageRef | None:
-    digest = find_tag(cloud, region, repository, image, tag)
+    """The image the tag points at, or None when the tag (or image, or repository) is absent."""
+    client = clients.artifact_registry_client(cloud)
+    package = client.package_path(cloud.project, region, repository, image)
+    digest: str | None = None
+    with google_errors(f"list the tags of {package}"):
+        try:
+            for found in client.list_tags(parent=package, retry=transient_retry(cloud)):
+                if found.name.rsplit("/", 1)[-1] == tag:
+                    digest = found.version.rsplit("/", 1)[-1]  # sha256:...
+                    break
+        except gexc.NotFound:
+            pass
     if digest is None:
         return None
     return ImageRef(image_uri(cloud.project, region, repository, image, tag), digest)
 
 
 @task(name="delete-repository", cache_policy=NO_CACHE)
-def delete_repository_task(cloud: GoogleCloud, region: str, repository: str) -> bool:
-    return delete_repository(cloud, region, repository)
+def delete_repository(cloud: GoogleCloud, region: str, repository: str) -> Deletion:
+    """Delete the repository and every image in it (already gone is success)."""
+    client = clients.artifact_registry_client(cloud)
+    name = repository_name(cloud.project, region, repository)
+    return delete_resource(
+        REPOSITORY_KIND,
+        name,
+        lambda: client.delete_repository(name=name, retry=transient_retry(cloud)).result(
+            timeout=OPERATION_TIMEOUT_SECONDS
+        ),
+    )
+
+
+def list_managed_repositories(
+    cloud: GoogleCloud, region: str
+) -> list[artifactregistry_v1.Repository]:
+    """The repositories in ``region`` labelled ``managed-by=ollama-cloudrun``."""
+    client = clients.artifact_registry_client(cloud)
+    parent = f"projects/{cloud.project}/locations/{region}"
+    with google_errors(f"list the repositories of {parent}"):
+        repos = client.list_repositories(parent=parent, retry=transient_retry(cloud))
+        return [r for r in repos if r.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE]
+
+
+@task(name="sweep-repositories", cache_policy=NO_CACHE)
+def sweep_repositories(
+    cloud: GoogleCloud, regions: list[str], older_than: dt.datetime
+) -> list[Deletion]:
+    """Delete every managed repository created before ``older_than`` in ``regions``."""
+    deletions = []
+    for region in regions:
+        for repo in list_or_empty(partial(list_managed_repositories, cloud, region)):
+            if repo.create_time and repo.create_time < older_than:
+                repo_id = repo.name.rsplit("/", 1)[-1]
+                deletions.append(delete_repository.fn(cloud, region, repo_id))
+    return deletions

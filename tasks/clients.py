@@ -9,7 +9,8 @@ Credentials are Application Default Credentials, or a prefect-gcp ``GcpCredentia
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import google.auth
@@ -27,15 +28,24 @@ IAM_ENDPOINT = "https://iam.googleapis.com"
 
 @dataclass(frozen=True)
 class GoogleCloud:
-    """Credentials, project and (for the emulator) the base URL of every control-plane API."""
+    """Credentials, project and (for the emulator) the base URL of every control-plane API.
+
+    ``enabled_at``: the APIs this run enabled, with the ``time.time()`` it did so; until their
+    enablement has propagated, their ``SERVICE_DISABLED`` errors are transient (tasks.retries).
+    """
 
     credentials: Credentials
     project: str
     api_endpoint: str | None = None
+    enabled_at: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     @property
     def is_emulated(self) -> bool:
         return self.api_endpoint is not None
+
+    def with_enabled(self, enabled_at: Mapping[str, float]) -> GoogleCloud:
+        """This cloud, also knowing when the APIs in ``enabled_at`` were enabled."""
+        return replace(self, enabled_at={**self.enabled_at, **enabled_at})
 
 
 def resolve_cloud(project: str | None = None, credentials_block: str | None = None) -> GoogleCloud:

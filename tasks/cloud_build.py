@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
 from prefect import get_run_logger, task
@@ -13,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import clients
 from tasks.clients import GoogleCloud
-from tasks.errors import BuildFailedError, translate_google_error
+from tasks.errors import BuildFailedError, google_errors
 from tasks.retries import transient_retry
 from tasks.storage import StagedSource
 
@@ -66,58 +65,6 @@ def build_request(
     )
 
 
-def run_build(
-    cloud: GoogleCloud,
-    build: cloudbuild_v1.Build,
-    timeout_seconds: float,
-    location: str = "global",
-) -> BuiltImage:
-    """Start the build, poll it until it is terminal (or ``timeout_seconds``), return the image."""
-    client = clients.cloud_build_client(cloud)
-    try:
-        operation = client.create_build(
-            request=cloudbuild_v1.CreateBuildRequest(
-                parent=f"projects/{cloud.project}/locations/{location}", build=build
-            )
-        )
-    except (gexc.Forbidden, gexc.BadRequest) as exc:
-        raise translate_google_error(exc, "start the Cloud Build build") from exc
-    started = operation.metadata.build
-    build_name = f"projects/{cloud.project}/locations/{location}/builds/{started.id}"
-    get_run_logger().info("Cloud Build %s started; logs: %s", started.id, started.log_url)
-    deadline = time.monotonic() + timeout_seconds
-    current = started
-    while current.status not in _TERMINAL:
-        if time.monotonic() > deadline:
-            client.cancel_build(
-                request=cloudbuild_v1.CancelBuildRequest(name=build_name, id=started.id)
-            )
-            raise BuildFailedError(
-                f"Cloud Build {started.id} did not finish within {timeout_seconds:.0f} s "
-                f"(cancelled). Logs: {started.log_url}"
-            )
-        time.sleep(POLL_INTERVAL_SECONDS)
-        current = client.get_build(
-            request=cloudbuild_v1.GetBuildRequest(name=build_name, id=started.id),
-            retry=transient_retry(),
-        )
-    if current.status != cloudbuild_v1.Build.Status.SUCCESS:
-        status = cloudbuild_v1.Build.Status(current.status).name
-        raise BuildFailedError(
-            f"Cloud Build {started.id} ended {status}: {current.status_detail or 'no detail'}. "
-            f"Logs: {current.log_url or started.log_url}"
-        )
-    pushed = [i for i in current.results.images if i.name in build.images]
-    if not pushed:
-        raise BuildFailedError(f"Cloud Build {started.id} succeeded but pushed no image")
-    return BuiltImage(
-        build_id=started.id,
-        log_url=current.log_url or started.log_url,
-        image=pushed[0].name,
-        digest=pushed[0].digest,
-    )
-
-
 @task(name="build-image", cache_policy=NO_CACHE)
 def build_image(
     cloud: GoogleCloud,
@@ -127,8 +74,67 @@ def build_image(
     timeout_seconds: int,
     machine_type: str = "E2_HIGHCPU_32",
     labels: dict[str, str] | None = None,
+    location: str = "global",
 ) -> BuiltImage:
-    request = build_request(source, image, build_args, timeout_seconds, machine_type, labels)
-    built = run_build(cloud, request, timeout_seconds=timeout_seconds + 120)
+    """Build and push ``image`` from ``source``; waits for the build (its timeout plus 2 min)."""
+    build = build_request(source, image, build_args, timeout_seconds, machine_type, labels)
+    client = clients.cloud_build_client(cloud)
+    with google_errors("run the Cloud Build build"):
+        operation = client.create_build(
+            request=cloudbuild_v1.CreateBuildRequest(
+                parent=f"projects/{cloud.project}/locations/{location}", build=build
+            )
+        )
+        started = operation.metadata.build
+        get_run_logger().info("Cloud Build %s started; logs: %s", started.id, started.log_url)
+        name = f"projects/{cloud.project}/locations/{location}/builds/{started.id}"
+        finished = _wait_for_build(cloud, client, name, started, timeout_seconds + 120.0)
+    built = _pushed_image(build, started, finished)
     get_run_logger().info("Built %s (%s)", built.image, built.digest)
     return built
+
+
+def _wait_for_build(
+    cloud: GoogleCloud,
+    client: cloudbuild_v1.CloudBuildClient,
+    name: str,
+    started: cloudbuild_v1.Build,
+    timeout_seconds: float,
+) -> cloudbuild_v1.Build:
+    """Poll the build until it is terminal; cancel it and fail after ``timeout_seconds``."""
+    deadline = time.monotonic() + timeout_seconds
+    current = started
+    while current.status not in _TERMINAL:
+        if time.monotonic() > deadline:
+            client.cancel_build(request=cloudbuild_v1.CancelBuildRequest(name=name, id=started.id))
+            raise BuildFailedError(
+                f"Cloud Build {started.id} did not finish within {timeout_seconds:.0f} s "
+                f"(cancelled). Logs: {started.log_url}"
+            )
+        time.sleep(POLL_INTERVAL_SECONDS)
+        current = client.get_build(
+            request=cloudbuild_v1.GetBuildRequest(name=name, id=started.id),
+            retry=transient_retry(cloud),
+        )
+    return current
+
+
+def _pushed_image(
+    build: cloudbuild_v1.Build, started: cloudbuild_v1.Build, finished: cloudbuild_v1.Build
+) -> BuiltImage:
+    """The image a finished build pushed; BuildFailedError unless it succeeded and pushed it."""
+    if finished.status != cloudbuild_v1.Build.Status.SUCCESS:
+        status = cloudbuild_v1.Build.Status(finished.status).name
+        raise BuildFailedError(
+            f"Cloud Build {started.id} ended {status}: {finished.status_detail or 'no detail'}. "
+            f"Logs: {finished.log_url or started.log_url}"
+        )
+    pushed = [i for i in finished.results.images if i.name in build.images]
+    if not pushed:
+        raise BuildFailedError(f"Cloud Build {started.id} succeeded but pushed no image")
+    return BuiltImage(
+        build_id=started.id,
+        log_url=finished.log_url or started.log_url,
+        image=pushed[0].name,
+        digest=pushed[0].digest,
+    )

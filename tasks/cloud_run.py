@@ -7,11 +7,14 @@ never sent again (no new revision).
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
+from google.api_core.operation import Operation
 from google.cloud import run_v2
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.protobuf import duration_pb2
@@ -20,19 +23,22 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import clients
 from tasks.clients import GoogleCloud
-from tasks.errors import (
-    ConfigurationError,
-    ServiceNotReadyError,
-    quota_error,
-    translate_google_error,
+from tasks.deletions import Deletion, delete_resource, list_or_empty
+from tasks.errors import ConfigurationError, ServiceNotReadyError, google_errors
+from tasks.models import (
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    MODEL_ANNOTATION,
+    RUN_LABEL,
+    ServiceSpec,
 )
-from tasks.models import MODEL_ANNOTATION, RUN_LABEL, ServiceSpec
 from tasks.retries import consistency_retry, transient_retry
 
 INVOKER_ROLE = "roles/run.invoker"
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 OPERATION_TIMEOUT_SECONDS = 1800.0
 POLL_INTERVAL_SECONDS = 1.0
+SERVICE_KIND = "service"
 
 Action = Literal["created", "updated", "unchanged"]
 
@@ -163,86 +169,107 @@ def is_ready(service: run_v2.Service) -> bool:
 
 
 def get_service(cloud: GoogleCloud, name: str) -> run_v2.Service | None:
+    """The service, or None when it does not exist."""
     client = clients.run_services_client(cloud)
-    try:
-        return client.get_service(name=name, retry=transient_retry())
-    except gexc.NotFound:
-        return None
-    except gexc.Forbidden as exc:
-        raise translate_google_error(exc, f"read Cloud Run service {name}") from exc
+    with google_errors(f"read Cloud Run service {name}"):
+        try:
+            return client.get_service(name=name, retry=transient_retry(cloud))
+        except gexc.NotFound:
+            return None
 
 
-def _raise_deploy_error(exc: gexc.GoogleAPICallError, spec: ServiceSpec, name: str) -> None:
-    message = str(exc.message or exc)
-    if "Quota violated" in message or "Max instances must be set to" in message:
-        raise quota_error(message, requested=spec.max_instances) from exc
-    if "Quota exceeded" in message:
-        raise quota_error(message, requested=spec.max_instances) from exc
-    raise translate_google_error(exc, f"deploy Cloud Run service {name}") from exc
+@task(name="deploy-service", cache_policy=NO_CACHE)
+def deploy_service(
+    cloud: GoogleCloud,
+    spec: ServiceSpec,
+    image: str,
+    service_account: str,
+    labels: dict[str, str],
+) -> DeployOutcome:
+    """Create the service, or update it when its spec differs; do nothing when it is equal.
 
-
-def apply_service(cloud: GoogleCloud, spec: ServiceSpec, desired: run_v2.Service) -> DeployOutcome:
-    """Create the service, or update it when its spec differs; do nothing when it is equal."""
-    client = clients.run_services_client(cloud)
+    A revision that fails (quota while reconciling, crash on start) is undone before the error
+    is raised: a new service deleted, a replaced spec restored.
+    """
+    desired = build_service(spec, image, service_account, labels)
     name = service_name(cloud.project, spec.region, spec.service)
-    existing = get_service(cloud, name)
-    if existing is not None and service_fingerprint(existing) == service_fingerprint(desired):
-        return DeployOutcome("unchanged", name, existing)
-    try:
-        if existing is None:
-            operation = client.create_service(
-                parent=f"projects/{cloud.project}/locations/{spec.region}",
-                service=desired,
-                service_id=spec.service,
-                retry=consistency_retry(),
-            )
-        else:
-            desired = run_v2.Service(desired)
-            desired.name = name
-            operation = client.update_service(
-                request=run_v2.UpdateServiceRequest(service=desired, allow_missing=True),
-                retry=consistency_retry(),
-            )
-    except gexc.Conflict:
-        return apply_service(cloud, spec, desired)  # created concurrently: compare and update
-    except (gexc.BadRequest, gexc.Forbidden, gexc.TooManyRequests, gexc.FailedPrecondition) as exc:
-        _raise_deploy_error(exc, spec, name)
-        raise
-    action: Action = "created" if existing is None else "updated"
-    try:
-        operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
-    except gexc.GoogleAPICallError as exc:
-        # The revision failed (quota while reconciling, crash on start): put things back, then fail.
-        undo(cloud, DeployOutcome(action, name, existing))
-        _raise_deploy_error(exc, spec, name)
-        raise
-    return DeployOutcome(action, name, existing)
+    with google_errors(f"deploy Cloud Run service {name}", requested=spec.max_instances):
+        outcome, operation = _send_service(cloud, spec, name, desired)
+        if operation is not None:
+            try:
+                operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
+            except gexc.GoogleAPICallError:
+                revert_service(cloud, outcome)
+                raise
+    get_run_logger().info("Service %s: %s", outcome.name, outcome.action)
+    return outcome
 
 
-def undo(cloud: GoogleCloud, outcome: DeployOutcome) -> str:
-    """Roll a deploy back: delete a service it created, restore the spec it replaced."""
+def _send_service(
+    cloud: GoogleCloud, spec: ServiceSpec, name: str, desired: run_v2.Service
+) -> tuple[DeployOutcome, Operation | None]:
+    """Create or update (not waited); (unchanged outcome, None) when the spec is already equal."""
     client = clients.run_services_client(cloud)
+    while True:
+        existing = get_service(cloud, name)
+        if existing is not None and service_fingerprint(existing) == service_fingerprint(desired):
+            return DeployOutcome("unchanged", name, existing), None
+        try:
+            if existing is None:
+                operation = client.create_service(
+                    parent=f"projects/{cloud.project}/locations/{spec.region}",
+                    service=desired,
+                    service_id=spec.service,
+                    retry=consistency_retry(cloud),
+                )
+                return DeployOutcome("created", name, None), operation
+            update = run_v2.Service(desired)
+            update.name = name
+            operation = client.update_service(
+                request=run_v2.UpdateServiceRequest(service=update, allow_missing=True),
+                retry=consistency_retry(cloud),
+            )
+            return DeployOutcome("updated", name, existing), operation
+        except gexc.Conflict:
+            continue  # created concurrently: compare again, then update
+
+
+def revert_service(cloud: GoogleCloud, outcome: DeployOutcome) -> str:
+    """Roll a deploy back: delete a service it created, restore the spec it replaced.
+
+    Returns what it did, for the log."""
     if outcome.action == "created":
-        delete_service(cloud, outcome.name)
+        delete_service.fn(cloud, outcome.name)
         return "deleted the new service"
     if outcome.action == "updated" and outcome.previous is not None:
-        operation = client.update_service(
-            request=run_v2.UpdateServiceRequest(service=restorable(outcome.previous)),
-            retry=transient_retry(),
-        )
-        operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
+        client = clients.run_services_client(cloud)
+        with google_errors(f"restore Cloud Run service {outcome.name}"):
+            operation = client.update_service(
+                request=run_v2.UpdateServiceRequest(service=restorable(outcome.previous)),
+                retry=transient_retry(cloud),
+            )
+            operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
         return "restored the previous spec"
     return "nothing to undo"
 
 
-def wait_until_ready(cloud: GoogleCloud, name: str, timeout_seconds: float) -> run_v2.Service:
+@dataclass(frozen=True)
+class ReadyService:
+    name: str
+    uri: str
+    revision: str
+
+
+@task(name="wait-until-ready", cache_policy=NO_CACHE)
+def wait_until_ready(cloud: GoogleCloud, name: str, timeout_seconds: float) -> ReadyService:
     """Poll until the service is ready (see ``is_ready``); fail on CONDITION_FAILED or timeout."""
     client = clients.run_services_client(cloud)
     deadline = time.monotonic() + timeout_seconds
     while True:
-        service = client.get_service(name=name, retry=transient_retry())
+        with google_errors(f"read Cloud Run service {name}"):
+            service = client.get_service(name=name, retry=transient_retry(cloud))
         if is_ready(service):
-            return service
+            return ReadyService(service.name, service.uri, service.latest_ready_revision)
         condition = service.terminal_condition
         if condition.state == run_v2.Condition.State.CONDITION_FAILED and not service.reconciling:
             raise ServiceNotReadyError(f"Service {name} failed: {condition.message}")
@@ -253,17 +280,37 @@ def wait_until_ready(cloud: GoogleCloud, name: str, timeout_seconds: float) -> r
         time.sleep(POLL_INTERVAL_SECONDS)
 
 
-def ensure_invoker(cloud: GoogleCloud, name: str, member: str) -> bool:
-    """Grant ``roles/run.invoker`` to ``member`` only; public members are removed, never added."""
+@task(name="grant-invoker", cache_policy=NO_CACHE)
+def grant_invoker(cloud: GoogleCloud, name: str, member: str) -> bool:
+    """Grant ``roles/run.invoker`` to ``member`` only; public members are removed, never added.
+
+    Returns whether the policy changed.
+    """
     if member in PUBLIC_MEMBERS or ":" not in member:
         raise ConfigurationError(
             f"invoker {member!r} refused: give user:EMAIL or serviceAccount:EMAIL; "
             "this service stays private (never allUsers)"
         )
     client = clients.run_services_client(cloud)
-    policy = client.get_iam_policy(
-        request=iam_policy_pb2.GetIamPolicyRequest(resource=name), retry=transient_retry()
+    with google_errors(f"grant {INVOKER_ROLE} on {name}"):
+        policy = client.get_iam_policy(
+            request=iam_policy_pb2.GetIamPolicyRequest(resource=name),
+            retry=transient_retry(cloud),
+        )
+        changed = private_invoker_policy(policy, member)
+        if changed:
+            client.set_iam_policy(
+                request=iam_policy_pb2.SetIamPolicyRequest(resource=name, policy=policy),
+                retry=consistency_retry(cloud),
+            )
+    get_run_logger().info(
+        "%s on %s: %s", INVOKER_ROLE, name, f"granted to {member}" if changed else "unchanged"
     )
+    return changed
+
+
+def private_invoker_policy(policy: policy_pb2.Policy, member: str) -> bool:
+    """Edit ``policy`` in place: ``member`` invokes, no public member does. True if it changed."""
     changed = False
     bindings = [b for b in policy.bindings if b.role == INVOKER_ROLE]
     for binding in bindings:
@@ -277,76 +324,39 @@ def ensure_invoker(cloud: GoogleCloud, name: str, member: str) -> bool:
         else:
             policy.bindings.append(policy_pb2.Binding(role=INVOKER_ROLE, members=[member]))
         changed = True
-    if changed:
-        client.set_iam_policy(
-            request=iam_policy_pb2.SetIamPolicyRequest(resource=name, policy=policy),
-            retry=consistency_retry(),
-        )
     return changed
-
-
-def delete_service(cloud: GoogleCloud, name: str) -> bool:
-    """Delete the service; False when it was already gone."""
-    client = clients.run_services_client(cloud)
-    try:
-        client.delete_service(name=name, retry=transient_retry()).result(
-            timeout=OPERATION_TIMEOUT_SECONDS
-        )
-    except gexc.NotFound:
-        return False
-    return True
-
-
-def list_managed_services(
-    cloud: GoogleCloud, region: str, label: tuple[str, str]
-) -> list[run_v2.Service]:
-    client = clients.run_services_client(cloud)
-    key, value = label
-    services = client.list_services(
-        parent=f"projects/{cloud.project}/locations/{region}", retry=transient_retry()
-    )
-    return [s for s in services if s.labels.get(key) == value]
-
-
-# -- Prefect tasks ------------------------------------------------------------------------------
-
-
-@task(name="deploy-service", cache_policy=NO_CACHE)
-def deploy_service(
-    cloud: GoogleCloud,
-    spec: ServiceSpec,
-    image: str,
-    service_account: str,
-    labels: dict[str, str],
-) -> DeployOutcome:
-    desired = build_service(spec, image, service_account, labels)
-    outcome = apply_service(cloud, spec, desired)
-    get_run_logger().info("Service %s: %s", outcome.name, outcome.action)
-    return outcome
-
-
-@task(name="grant-invoker", cache_policy=NO_CACHE)
-def grant_invoker(cloud: GoogleCloud, name: str, member: str) -> bool:
-    changed = ensure_invoker(cloud, name, member)
-    get_run_logger().info(
-        "%s on %s: %s", INVOKER_ROLE, name, f"granted to {member}" if changed else "unchanged"
-    )
-    return changed
-
-
-@dataclass(frozen=True)
-class ReadyService:
-    name: str
-    uri: str
-    revision: str
-
-
-@task(name="wait-until-ready", cache_policy=NO_CACHE)
-def wait_ready(cloud: GoogleCloud, name: str, timeout_seconds: float) -> ReadyService:
-    service = wait_until_ready(cloud, name, timeout_seconds)
-    return ReadyService(service.name, service.uri, service.latest_ready_revision)
 
 
 @task(name="delete-service", cache_policy=NO_CACHE)
-def delete_service_task(cloud: GoogleCloud, name: str) -> bool:
-    return delete_service(cloud, name)
+def delete_service(cloud: GoogleCloud, name: str) -> Deletion:
+    """Delete the service (already gone is success)."""
+    client = clients.run_services_client(cloud)
+    return delete_resource(
+        SERVICE_KIND,
+        name,
+        lambda: client.delete_service(name=name, retry=transient_retry(cloud)).result(
+            timeout=OPERATION_TIMEOUT_SECONDS
+        ),
+    )
+
+
+def list_managed_services(cloud: GoogleCloud, region: str) -> list[run_v2.Service]:
+    """The services in ``region`` labelled ``managed-by=ollama-cloudrun``."""
+    client = clients.run_services_client(cloud)
+    parent = f"projects/{cloud.project}/locations/{region}"
+    with google_errors(f"list the Cloud Run services of {parent}"):
+        services = client.list_services(parent=parent, retry=transient_retry(cloud))
+        return [s for s in services if s.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE]
+
+
+@task(name="sweep-services", cache_policy=NO_CACHE)
+def sweep_services(
+    cloud: GoogleCloud, regions: list[str], older_than: dt.datetime
+) -> list[Deletion]:
+    """Delete every managed service created before ``older_than`` in ``regions``."""
+    deletions = []
+    for region in regions:
+        for service in list_or_empty(partial(list_managed_services, cloud, region)):
+            if service.create_time and service.create_time < older_than:
+                deletions.append(delete_service.fn(cloud, service.name))
+    return deletions

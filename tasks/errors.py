@@ -1,4 +1,4 @@
-"""The project's own errors, written down once.
+"""The project's own errors, written down once, and the one boundary that raises them.
 
 Hierarchy::
 
@@ -6,37 +6,27 @@ Hierarchy::
     ├── ConfigurationError         bad parameters/environment, raised before any call (ValueError)
     ├── IdTokenError               no ID token could be fetched for an audience
     ├── QuotaExceededError         GPU (or CPU/memory) quota too small; names the quota and the fix
-    ├── AccessDeniedError          a permission the caller lacks; names the role or API to grant
+    ├── AccessDeniedError          a permission the caller lacks, or an API not enabled (``api``)
     ├── InvalidRequestError        Google rejected the request as invalid (400); carries its message
     ├── BuildFailedError           Cloud Build finished in a state other than SUCCESS
     ├── ServiceNotReadyError       Cloud Run did not become ready (failed or timed out)
     └── SmokeTestError             the deployed service did not answer as expected
 
-Google's own exceptions (``google.api_core.exceptions.*``) pass through untouched everywhere except
-at one boundary, :func:`translate_google_error`, which the tasks use for errors that can never be
-fixed by retrying (quota, permission, invalid argument) so the message names the fix. Transient
-errors (429, 5xx, ``SERVICE_DISABLED`` right after enabling) stay Google's classes so retry
-conditions can recognise them.
+The boundary: every Google call in ``tasks/`` runs inside ``with google_errors("<action>"):``. A
+permanent Google error raised there (quota, permission, API not enabled, invalid argument) leaves
+it as one of ours naming the fix, with Google's exception chained (``raise ... from``, so
+``exc.__cause__`` is the ``google.api_core.exceptions`` instance). Every other error — NotFound and
+Conflict that callers handle, 429/5xx/timeouts that retries handle — leaves unchanged, as Google's
+own class. Quota messages are parsed in one place, :func:`parse_quota`.
 """
 
 from __future__ import annotations
 
 import re
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from google.api_core import exceptions as gexc
-
-# SERVICE_DISABLED is transient only for APIs this process enabled recently (propagation);
-# otherwise it is permanent and must fail at once. API name → time.monotonic() of enabling.
-PROPAGATION_WINDOW_SECONDS = 900.0
-_enabled_at: dict[str, float] = {}
-
-
-def mark_enabled(services: list[str] | tuple[str, ...]) -> None:
-    """Record that ``services`` were just enabled: their 403 SERVICE_DISABLED is now transient."""
-    now = time.monotonic()
-    for service in services:
-        _enabled_at[service] = now
 
 
 class OllamaCloudRunError(Exception):
@@ -61,7 +51,14 @@ class QuotaExceededError(OllamaCloudRunError):
 
 
 class AccessDeniedError(OllamaCloudRunError):
-    """The caller lacks a permission; the message names what to grant or enable."""
+    """The caller lacks a permission; the message names what to grant or enable.
+
+    ``api`` is set when the cause is an API not enabled in the project (``SERVICE_DISABLED``).
+    """
+
+    def __init__(self, message: str, *, api: str | None = None):
+        super().__init__(message)
+        self.api = api
 
 
 class InvalidRequestError(OllamaCloudRunError):
@@ -80,42 +77,24 @@ class SmokeTestError(OllamaCloudRunError):
     """The deployed service did not answer as expected."""
 
 
+# Google's wording: Cloud Run's GPU check says "Max instances must be set to N or fewer ...
+# Quota violated: <quota> requested: R allowed: A"; other capacity quotas say "Quota exceeded for
+# ...", which a 429 rate limit ("... per minute") says too, so it counts only where instances were
+# requested (a deploy).
 _QUOTA_RE = re.compile(r"Quota violated:\s*(?P<quota>\w+)(?:.*?allowed:\s*(?P<allowed>\d+))?", re.S)
 _MAX_INSTANCES_RE = re.compile(r"Max instances must be set to (?P<n>\d+) or fewer")
+_LIMIT_MARKERS = ("Quota violated", "Max instances must be set to")
+_CAPACITY_MARKER = "Quota exceeded"
 
 
-def is_service_disabled(exc: BaseException) -> bool:
-    """A 403 ``SERVICE_DISABLED``: the API is not enabled yet or still propagating."""
-    return isinstance(exc, gexc.Forbidden) and exc.reason == "SERVICE_DISABLED"
+def parse_quota(message: str, *, requested: int | None = None) -> QuotaExceededError | None:
+    """The quota error Google's ``message`` describes (naming what fits), or None if it is not one.
 
-
-def is_propagating(exc: BaseException) -> bool:
-    """SERVICE_DISABLED for an API enabled within the propagation window."""
-    if not is_service_disabled(exc):
-        return False
-    assert isinstance(exc, gexc.Forbidden)
-    enabled = _enabled_at.get((exc.metadata or {}).get("service", ""))
-    return enabled is not None and time.monotonic() - enabled < PROPAGATION_WINDOW_SECONDS
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors that retrying can fix: 429, 5xx, deadline/timeouts, API enablement propagation."""
-    if is_service_disabled(exc):
-        return is_propagating(exc)
-    if isinstance(exc, gexc.TooManyRequests):
-        return not _is_quota_message(str(exc))
-    return isinstance(
-        exc,
-        gexc.ServerError | gexc.DeadlineExceeded | gexc.RetryError | ConnectionError | TimeoutError,
-    )
-
-
-def _is_quota_message(message: str) -> bool:
-    return "Quota violated" in message or "Max instances must be set to" in message
-
-
-def quota_error(message: str, *, requested: int | None = None) -> QuotaExceededError:
-    """From Google's quota message: an error naming the quota and the instances that fit."""
+    ``requested``: the instances the call asked for; then "Quota exceeded" is a quota too.
+    """
+    markers = _LIMIT_MARKERS if requested is None else (*_LIMIT_MARKERS, _CAPACITY_MARKER)
+    if not any(marker in message for marker in markers):
+        return None
     match = _QUOTA_RE.search(message)
     quota = match.group("quota") if match else None
     max_fit: int | None = None
@@ -138,16 +117,30 @@ def quota_error(message: str, *, requested: int | None = None) -> QuotaExceededE
     return QuotaExceededError(" ".join(parts), quota=quota, max_fit=max_fit)
 
 
-def translate_google_error(exc: gexc.GoogleAPICallError, action: str) -> Exception:
-    """The one boundary: a permanent Google error → our error naming the fix; others unchanged."""
+def is_service_disabled(exc: BaseException) -> bool:
+    """A 403 ``SERVICE_DISABLED``: the API is not enabled yet or still propagating."""
+    return isinstance(exc, gexc.Forbidden) and exc.reason == "SERVICE_DISABLED"
+
+
+def disabled_api(exc: gexc.GoogleAPICallError) -> str:
+    """The API a ``SERVICE_DISABLED`` error names (Google's ErrorInfo metadata ``service``)."""
+    return str((getattr(exc, "metadata", None) or {}).get("service", ""))
+
+
+def translate_google_error(
+    exc: gexc.GoogleAPICallError, action: str, *, requested: int | None = None
+) -> Exception:
+    """A permanent Google error → our error naming the fix; any other error is returned as is."""
     message = str(exc.message or exc)
-    if _is_quota_message(message):
-        return quota_error(message)
+    quota = parse_quota(message, requested=requested)
+    if quota is not None:
+        return quota
     if is_service_disabled(exc):
-        service = (getattr(exc, "metadata", None) or {}).get("service", "the API")
+        service = disabled_api(exc) or "the API"
         return AccessDeniedError(
             f"{service} is not enabled in this project (needed to {action}): enable it "
-            f"(gcloud services enable {service}) or run the deploy flow, which enables it."
+            f"(gcloud services enable {service}) or run the deploy flow, which enables it.",
+            api=service,
         )
     if isinstance(exc, gexc.Forbidden):
         return AccessDeniedError(
@@ -159,3 +152,19 @@ def translate_google_error(exc: gexc.GoogleAPICallError, action: str) -> Excepti
     if isinstance(exc, gexc.BadRequest):
         return InvalidRequestError(f"Google rejected the request to {action}: {message}")
     return exc
+
+
+@contextmanager
+def google_errors(action: str, *, requested: int | None = None) -> Iterator[None]:
+    """The one boundary around Google calls: ``with google_errors("create repository R"):``.
+
+    ``action`` completes "needed to ..." in the messages; ``requested`` is the max instances a
+    deploy asks for (quota messages then name it).
+    """
+    try:
+        yield
+    except gexc.GoogleAPICallError as exc:
+        translated = translate_google_error(exc, action, requested=requested)
+        if translated is exc:
+            raise
+        raise translated from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -17,13 +18,15 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import clients
 from tasks.clients import GoogleCloud
-from tasks.errors import translate_google_error
+from tasks.deletions import Deletion, delete_resource, list_or_empty
+from tasks.errors import google_errors
 from tasks.models import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from tasks.retries import consistency_retry, transient_retry
 
 REQUEST_TIMEOUT_SECONDS = 30.0
 MARKER = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 _CREATED_RE = re.compile(r"created=(\S+)")
+SERVICE_ACCOUNT_KIND = "service account"
 
 
 @dataclass(frozen=True)
@@ -84,66 +87,36 @@ def _request(cloud: GoogleCloud, method: str, path: str, body: dict[str, Any] | 
 
 
 def get_service_account(cloud: GoogleCloud, email: str) -> ServiceAccount:
-    response = transient_retry()(_request)(
-        cloud, "GET", f"/v1/projects/{cloud.project}/serviceAccounts/{email}"
-    )
+    with google_errors(f"read service account {email}"):
+        response = transient_retry(cloud)(_request)(
+            cloud, "GET", f"/v1/projects/{cloud.project}/serviceAccounts/{email}"
+        )
     return ServiceAccount.from_json(response.json())
 
 
+@task(name="ensure-service-account", cache_policy=NO_CACHE)
 def ensure_service_account(
     cloud: GoogleCloud, account_id: str, display_name: str
-) -> tuple[ServiceAccount, bool]:
-    """Create the service account (no roles granted) or get it; wait until IAM can read it."""
+) -> tuple[str, bool]:
+    """Create the service account (no roles granted) or get it; wait until IAM can read it.
+
+    Returns (its email, created).
+    """
     email = service_account_email(cloud.project, account_id)
     body = {
         "accountId": account_id,
         "serviceAccount": {"displayName": display_name, "description": managed_description()},
     }
     created = True
-    try:
-        transient_retry()(_request)(
-            cloud, "POST", f"/v1/projects/{cloud.project}/serviceAccounts", body
-        )
-    except gexc.Conflict:
-        created = False
-    except (gexc.Forbidden, gexc.BadRequest) as exc:
-        raise translate_google_error(exc, f"create service account {email}") from exc
-    # IAM is eventually consistent: a new account may 404 for a while. Read it back until it shows.
-    account = consistency_retry()(get_service_account)(cloud, email)
-    return account, created
-
-
-def delete_service_account(cloud: GoogleCloud, email: str) -> bool:
-    """Delete the account; False when it was already gone."""
-    try:
-        transient_retry()(_request)(
-            cloud, "DELETE", f"/v1/projects/{cloud.project}/serviceAccounts/{email}"
-        )
-    except gexc.NotFound:
-        return False
-    return True
-
-
-def list_service_accounts(cloud: GoogleCloud) -> list[ServiceAccount]:
-    accounts: list[ServiceAccount] = []
-    page_token = ""
-    while True:
-        query = f"?pageToken={page_token}" if page_token else ""
-        response = transient_retry()(_request)(
-            cloud, "GET", f"/v1/projects/{cloud.project}/serviceAccounts{query}"
-        )
-        page = response.json()
-        accounts.extend(ServiceAccount.from_json(a) for a in page.get("accounts", []))
-        page_token = page.get("nextPageToken", "")
-        if not page_token:
-            return accounts
-
-
-@task(name="ensure-service-account", cache_policy=NO_CACHE)
-def ensure_service_account_task(
-    cloud: GoogleCloud, account_id: str, display_name: str
-) -> tuple[str, bool]:
-    account, created = ensure_service_account(cloud, account_id, display_name)
+    with google_errors(f"create service account {email}"):
+        try:
+            transient_retry(cloud)(_request)(
+                cloud, "POST", f"/v1/projects/{cloud.project}/serviceAccounts", body
+            )
+        except gexc.Conflict:
+            created = False
+        # IAM is eventually consistent: a new account may 404 for a while. Read it back until then.
+        account = consistency_retry(cloud)(get_service_account)(cloud, email)
     get_run_logger().info(
         "Service account %s %s", account.email, "created" if created else "exists"
     )
@@ -151,5 +124,42 @@ def ensure_service_account_task(
 
 
 @task(name="delete-service-account", cache_policy=NO_CACHE)
-def delete_service_account_task(cloud: GoogleCloud, email: str) -> bool:
-    return delete_service_account(cloud, email)
+def delete_service_account(cloud: GoogleCloud, email: str) -> Deletion:
+    """Delete the account (already gone is success)."""
+    return delete_resource(
+        SERVICE_ACCOUNT_KIND,
+        email,
+        partial(
+            transient_retry(cloud)(_request),
+            cloud,
+            "DELETE",
+            f"/v1/projects/{cloud.project}/serviceAccounts/{email}",
+        ),
+    )
+
+
+def list_service_accounts(cloud: GoogleCloud) -> list[ServiceAccount]:
+    accounts: list[ServiceAccount] = []
+    page_token = ""
+    while True:
+        query = f"?pageToken={page_token}" if page_token else ""
+        with google_errors("list service accounts"):
+            response = transient_retry(cloud)(_request)(
+                cloud, "GET", f"/v1/projects/{cloud.project}/serviceAccounts{query}"
+            )
+        page = response.json()
+        accounts.extend(ServiceAccount.from_json(a) for a in page.get("accounts", []))
+        page_token = page.get("nextPageToken", "")
+        if not page_token:
+            return accounts
+
+
+@task(name="sweep-service-accounts", cache_policy=NO_CACHE)
+def sweep_service_accounts(cloud: GoogleCloud, older_than: dt.datetime) -> list[Deletion]:
+    """Delete every service account whose marker says it was created before ``older_than``."""
+    deletions = []
+    for account in list_or_empty(partial(list_service_accounts, cloud)):
+        created = marker_created(account)
+        if created is not None and created < older_than:
+            deletions.append(delete_service_account.fn(cloud, account.email))
+    return deletions

@@ -15,7 +15,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.errors import SmokeTestError
-from tasks.id_tokens import GoogleIdTokenAuth
 
 REQUEST_TIMEOUT_SECONDS = 600.0
 # Retried while the first instance starts (Cloud Run answers 429/503 until one is up).
@@ -50,7 +49,8 @@ def unauthenticated_status(uri: str, timeout: float = 30.0) -> int:
         return client.get(f"{uri.rstrip('/')}/api/tags").status_code
 
 
-def probe_tags(uri: str, auth: httpx.Auth, deadline_seconds: float = 300.0) -> TagsProbe:
+@task(name="list-models", cache_policy=NO_CACHE)
+def list_models(uri: str, auth: httpx.Auth, deadline_seconds: float = 300.0) -> TagsProbe:
     """List the models, retrying while the service is still starting; time it (cold start)."""
     client = ollama_client(uri, auth)
     started = time.monotonic()
@@ -82,8 +82,9 @@ def probe_tags(uri: str, auth: httpx.Auth, deadline_seconds: float = 300.0) -> T
         delay = min(delay * 2, 10.0)
 
 
+@task(name="generate-sample", cache_policy=NO_CACHE)
 def generate_sample(
-    uri: str, auth: httpx.Auth, model: str, prompt: str, num_predict: int
+    uri: str, auth: httpx.Auth, model: str, prompt: str, num_predict: int = 32
 ) -> GenerateSample:
     """One short streamed generation; first-token latency is the time to the first text chunk."""
     client = ollama_client(uri, auth)
@@ -121,15 +122,3 @@ def check_private(uri: str) -> int:
         raise SmokeTestError(f"{uri} answered {status} to a request without a token; expected 401")
     get_run_logger().info("A request without a token was refused with 401")
     return status
-
-
-@task(name="list-models", cache_policy=NO_CACHE)
-def list_models(uri: str, auth: GoogleIdTokenAuth, deadline_seconds: float = 300.0) -> TagsProbe:
-    return probe_tags(uri, auth, deadline_seconds)
-
-
-@task(name="generate-sample", cache_policy=NO_CACHE)
-def generate(
-    uri: str, auth: GoogleIdTokenAuth, model: str, prompt: str, num_predict: int = 32
-) -> GenerateSample:
-    return generate_sample(uri, auth, model, prompt, num_predict)

@@ -15,6 +15,7 @@ import tarfile
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from google.api_core import exceptions as gexc
@@ -24,10 +25,12 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import clients
 from tasks.clients import GoogleCloud
-from tasks.errors import ConfigurationError, translate_google_error
+from tasks.deletions import Deletion, delete_resource, list_or_empty
+from tasks.errors import ConfigurationError, google_errors
 from tasks.retries import transient_retry
 
 SOURCE_PREFIX = "source/"
+STAGING_OBJECT_KIND = "staging object"
 # Never part of the image: VCS and editor debris (in addition to .gcloudignore's own patterns).
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".DS_Store"}
 
@@ -103,33 +106,36 @@ def make_tarball(source_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-def ensure_bucket(client: Client, name: str, labels: dict[str, str]) -> Bucket:
-    bucket = client.lookup_bucket(name, retry=transient_retry())
-    if bucket is not None:
-        return bucket
-    try:
-        bucket = client.bucket(name)
-        bucket.labels = labels
-        return client.create_bucket(bucket, location="US", retry=transient_retry())
-    except gexc.Conflict:
-        return client.get_bucket(name, retry=transient_retry())
+def ensure_bucket(cloud: GoogleCloud, client: Client, name: str, labels: dict[str, str]) -> Bucket:
+    """The bucket ``name``, created (with ``labels``) when it does not exist."""
+    with google_errors(f"create the staging bucket gs://{name}"):
+        bucket = client.lookup_bucket(name, retry=transient_retry(cloud))
+        if bucket is not None:
+            return bucket
+        try:
+            bucket = client.bucket(name)
+            bucket.labels = labels
+            return client.create_bucket(bucket, location="US", retry=transient_retry(cloud))
+        except gexc.Conflict:
+            return client.get_bucket(name, retry=transient_retry(cloud))
 
 
+@task(name="upload-source", cache_policy=NO_CACHE)
 def upload_source(cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]) -> StagedSource:
     """Tar ``source_dir`` and upload it as a new object (never overwriting one)."""
     client = clients.storage_client(cloud)
     name = staging_bucket_name(cloud.project)
-    try:
-        bucket = ensure_bucket(client, name, labels)
-    except gexc.Forbidden as exc:
-        raise translate_google_error(exc, f"create the staging bucket gs://{name}") from exc
+    bucket = ensure_bucket(cloud, client, name, labels)
     blob = bucket.blob(f"{SOURCE_PREFIX}{time.time():.6f}-{uuid.uuid4().hex}.tgz")
     blob.metadata = dict(labels)
-    blob.upload_from_string(
-        make_tarball(source_dir), content_type="application/gzip", if_generation_match=0
-    )
+    with google_errors(f"upload the build context to gs://{name}"):
+        blob.upload_from_string(
+            make_tarball(source_dir), content_type="application/gzip", if_generation_match=0
+        )
     assert blob.generation is not None
-    return StagedSource(name, blob.name or "", int(blob.generation))
+    staged = StagedSource(name, blob.name or "", int(blob.generation))
+    get_run_logger().info("Uploaded the build context to %s", staged.gs_uri)
+    return staged
 
 
 def list_staging_objects(
@@ -137,46 +143,27 @@ def list_staging_objects(
 ) -> list[Blob]:
     """Staging objects whose metadata carries all ``labels`` (and older than ``older_than``)."""
     client = clients.storage_client(cloud)
-    try:
-        blobs = client.list_blobs(
-            staging_bucket_name(cloud.project), prefix=SOURCE_PREFIX, retry=transient_retry()
-        )
-        found = [
+    name = staging_bucket_name(cloud.project)
+    with google_errors(f"list the staging objects in gs://{name}"):
+        blobs = client.list_blobs(name, prefix=SOURCE_PREFIX, retry=transient_retry(cloud))
+        return [
             b
             for b in blobs
             if all((b.metadata or {}).get(k) == v for k, v in labels.items())
             and (older_than is None or (b.time_created is not None and b.time_created < older_than))
         ]
-    except gexc.NotFound:
-        return []
-    return found
-
-
-def delete_blob(blob: Blob) -> bool:
-    """Delete one object; False when it was already gone."""
-    try:
-        blob.delete(retry=transient_retry())
-    except gexc.NotFound:
-        return False
-    return True
-
-
-@task(name="upload-source", cache_policy=NO_CACHE)
-def upload_source_task(
-    cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]
-) -> StagedSource:
-    staged = upload_source(cloud, source_dir, labels)
-    get_run_logger().info("Uploaded the build context to %s", staged.gs_uri)
-    return staged
 
 
 @task(name="delete-staging-objects", cache_policy=NO_CACHE)
 def delete_staging_objects(
     cloud: GoogleCloud, labels: dict[str, str], older_than: dt.datetime | None = None
-) -> list[str]:
-    """Delete the matching staging objects; returns the gs:// URIs deleted."""
-    deleted = []
-    for blob in list_staging_objects(cloud, labels, older_than):
-        if delete_blob(blob):
-            deleted.append(f"gs://{blob.bucket.name}/{blob.name}")
-    return deleted
+) -> list[Deletion]:
+    """Delete the staging objects carrying ``labels`` (and older than ``older_than``)."""
+    return [
+        delete_resource(
+            STAGING_OBJECT_KIND,
+            f"gs://{blob.bucket.name}/{blob.name}",
+            partial(blob.delete, retry=transient_retry(cloud)),
+        )
+        for blob in list_or_empty(partial(list_staging_objects, cloud, labels, older_than))
+    ]
