@@ -37,6 +37,15 @@ from tasks.models import (
 )
 
 DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[1] / "ollama-backend"
+NO_BUILD = "none (image tag already existed)"
+# What the deploy summary repeats from the smoke test's.
+SMOKE_SUMMARY_KEYS = (
+    "model",
+    "models listed",
+    "cold start (s)",
+    "first token (s)",
+    "sample answer",
+)
 MachineType = Literal["E2_HIGHCPU_32", "E2_HIGHCPU_8", "N1_HIGHCPU_32", "N1_HIGHCPU_8", "E2_MEDIUM"]
 
 
@@ -154,15 +163,6 @@ def _find_or_build_image(
     return artifact_registry.ImageRef(built.image, built.digest), built
 
 
-SMOKE_SUMMARY_KEYS = (
-    "model",
-    "models listed",
-    "cold start (s)",
-    "first token (s)",
-    "sample answer",
-)
-
-
 @flow(name="deploy")
 def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
@@ -210,9 +210,7 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
         "revision": service.revision,
         "image": image.tag_uri,
         "digest": image.digest,
-        "build": f"{built.build_id} ({built.log_url})"
-        if built
-        else "none (image tag already existed)",
+        "build": f"{built.build_id} ({built.log_url})" if built else NO_BUILD,
         "actions": actions,
         "console": console_links(cloud.project, params),
     }

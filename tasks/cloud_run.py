@@ -237,7 +237,8 @@ def _send_service(
 def revert_service(cloud: GoogleCloud, outcome: DeployOutcome) -> str:
     """Roll a deploy back: delete a service it created, restore the spec it replaced.
 
-    Returns what it did, for the log."""
+    Returns what it did, for the log.
+    """
     if outcome.action == "created":
         delete_service.fn(cloud, outcome.name)
         return "deleted the new service"
@@ -297,7 +298,7 @@ def grant_invoker(cloud: GoogleCloud, name: str, member: str) -> bool:
             request=iam_policy_pb2.GetIamPolicyRequest(resource=name),
             retry=transient_retry(cloud),
         )
-        changed = private_invoker_policy(policy, member)
+        changed = set_private_invoker(policy, member)
         if changed:
             client.set_iam_policy(
                 request=iam_policy_pb2.SetIamPolicyRequest(resource=name, policy=policy),
@@ -309,7 +310,7 @@ def grant_invoker(cloud: GoogleCloud, name: str, member: str) -> bool:
     return changed
 
 
-def private_invoker_policy(policy: policy_pb2.Policy, member: str) -> bool:
+def set_private_invoker(policy: policy_pb2.Policy, member: str) -> bool:
     """Edit ``policy`` in place: ``member`` invokes, no public member does. True if it changed."""
     changed = False
     bindings = [b for b in policy.bindings if b.role == INVOKER_ROLE]
