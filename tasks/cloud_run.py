@@ -27,6 +27,7 @@ from tasks.errors import (
     translate_google_error,
 )
 from tasks.models import MODEL_ANNOTATION, RUN_LABEL, ServiceSpec
+from tasks.quotas import is_quota_message
 from tasks.retries import consistency_retry, transient_retry
 
 INVOKER_ROLE = "roles/run.invoker"
@@ -174,7 +175,7 @@ def get_service(cloud: GoogleCloud, name: str) -> run_v2.Service | None:
 
 def _raise_deploy_error(exc: gexc.GoogleAPICallError, spec: ServiceSpec, name: str) -> None:
     message = str(exc.message or exc)
-    if "Quota violated" in message or "Max instances must be set to" in message:
+    if is_quota_message(message):
         raise quota_error(message, requested=spec.max_instances) from exc
     if "Quota exceeded" in message:
         raise quota_error(message, requested=spec.max_instances) from exc

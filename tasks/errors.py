@@ -21,7 +21,6 @@ conditions can recognise them.
 
 from __future__ import annotations
 
-import re
 import time
 
 from google.api_core import exceptions as gexc
@@ -80,10 +79,6 @@ class SmokeTestError(OllamaCloudRunError):
     """The deployed service did not answer as expected."""
 
 
-_QUOTA_RE = re.compile(r"Quota violated:\s*(?P<quota>\w+)(?:.*?allowed:\s*(?P<allowed>\d+))?", re.S)
-_MAX_INSTANCES_RE = re.compile(r"Max instances must be set to (?P<n>\d+) or fewer")
-
-
 def is_service_disabled(exc: BaseException) -> bool:
     """A 403 ``SERVICE_DISABLED``: the API is not enabled yet or still propagating."""
     return isinstance(exc, gexc.Forbidden) and exc.reason == "SERVICE_DISABLED"
@@ -111,31 +106,16 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _is_quota_message(message: str) -> bool:
-    return "Quota violated" in message or "Max instances must be set to" in message
+    from tasks.quotas import is_quota_message  # tasks.quotas builds on this module
+
+    return is_quota_message(message)
 
 
 def quota_error(message: str, *, requested: int | None = None) -> QuotaExceededError:
-    """From Google's quota message: an error naming the quota and the instances that fit."""
-    match = _QUOTA_RE.search(message)
-    quota = match.group("quota") if match else None
-    max_fit: int | None = None
-    max_match = _MAX_INSTANCES_RE.search(message)
-    if max_match:
-        max_fit = int(max_match.group("n"))
-    elif match and match.group("allowed"):
-        max_fit = int(match.group("allowed"))
-    parts = [f"GPU quota too small: {quota or 'quota exceeded'}."]
-    if max_fit is not None:
-        parts.append(f"At most {max_fit} instance(s) would fit: set max_instances={max_fit}")
-        parts.append("or request more quota at https://g.co/cloudrun/gpu-quota.")
-    else:
-        parts.append(
-            "Lower max_instances or request more quota at https://g.co/cloudrun/gpu-quota."
-        )
-    if requested is not None:
-        parts.append(f"(requested max_instances={requested})")
-    parts.append(f"Google said: {message}")
-    return QuotaExceededError(" ".join(parts), quota=quota, max_fit=max_fit)
+    """Any of Google's quota messages → an error naming each quota and the instances that fit."""
+    from tasks.quotas import quota_error_from_message
+
+    return quota_error_from_message(message, requested=requested)
 
 
 def translate_google_error(exc: gexc.GoogleAPICallError, action: str) -> Exception:
