@@ -20,7 +20,7 @@ from prefect.transactions import Transaction, transaction
 from pydantic import Field
 
 from flows.smoke_test import SmokeTestParameters, smoke_test
-from tasks import artifact_registry, cloud_build, cloud_run, iam, service_usage, storage
+from tasks import artifact_registry, cloud_build, cloud_run, iam, preflight, service_usage, storage
 from tasks.clients import GoogleCloud, resolve_cloud
 from tasks.errors import ConfigurationError
 from tasks.models import (
@@ -139,7 +139,9 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     static_labels = managed_labels(params.service, None)
     actions: dict[str, str] = {}
 
-    service_usage.enable_apis(cloud)
+    service_usage.enable_apis(cloud)  # first: free, and the preflight's checkers need it
+    # Fails in seconds, before any build, naming region, ID token, permission or quota problems.
+    checked = preflight.preflight(cloud, params.spec, params.run_smoke_test)
     _, repo_created = artifact_registry.ensure_repository_task(
         cloud, params.region, params.repository, labels
     )
@@ -204,6 +206,7 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
         "build": f"{build_id} ({log_url})" if build_id else "none (image tag already existed)",
         "actions": actions,
         "console": console_links(cloud.project, params),
+        "preflight": checked.summary(),
     }
     if smoke:
         summary["smoke test"] = {

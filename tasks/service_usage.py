@@ -17,6 +17,9 @@ REQUIRED_SERVICES: tuple[str, ...] = (
     "run.googleapis.com",
     "storage.googleapis.com",
     "iam.googleapis.com",
+    # The preflight's checkers: both APIs answer only once enabled (SERVICE_DISABLED otherwise).
+    "cloudquotas.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
 )
 ENABLE_TIMEOUT_SECONDS = 600.0
 NOOP_OPERATION = "operations/noop.DONE_OPERATION"
