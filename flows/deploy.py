@@ -36,7 +36,7 @@ from tasks.models import (
     label_value,
 )
 
-DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[1] / "ollama-backend"
+DEFAULT_SOURCE_DIR = cloud_build.BUILD_CONTEXT  # ollama-backend/, shipped in the package
 MachineType = Literal["E2_HIGHCPU_32", "E2_HIGHCPU_8", "N1_HIGHCPU_32", "N1_HIGHCPU_8", "E2_MEDIUM"]
 
 
