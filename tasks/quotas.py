@@ -18,8 +18,9 @@ requested: 32000 allowed: 20000"; 100 × 8Gi → "MemAllocPerProjectRegion reque
 858993459200"). Units and ids: cloud.google.com/run/quotas, cloud.google.com/run/docs/configuring/
 services/gpu ("Total Nvidia L4 GPU allocation, per project per region") and the messages below.
 
-The messages Google sends (seen verbatim in public deploy logs, 2025-2026; the first also in
-GoogleCloudPlatform/magic-modules#17149's neighbours and firebase/firebase-tools#5867):
+The messages Google sends (seen verbatim in public gcloud/Terraform deploy logs quoted in GitHub
+repositories, 2025-2026, found with a code search; the first as shared/reference/gcp-apis.md §9
+records it, pointing at firebase/firebase-tools#5867):
 
 - ``Max instances must be set to 3 or fewer in order to set GPU requirements. To request quota:
   g.co/cloudrun/gpu-quota Quota violated: NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion
