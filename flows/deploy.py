@@ -20,7 +20,7 @@ from prefect.transactions import Transaction, transaction
 from pydantic import Field
 
 from flows.smoke_test import SmokeTestParameters, smoke_test
-from tasks import artifact_registry, cloud_build, cloud_run, iam, service_usage, storage
+from tasks import artifact_registry, cloud_build, cloud_run, iam, preflight, service_usage, storage
 from tasks.clients import GoogleCloud, resolve_cloud
 from tasks.errors import ConfigurationError
 from tasks.models import (
@@ -36,7 +36,7 @@ from tasks.models import (
     label_value,
 )
 
-DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[1] / "ollama-backend"
+DEFAULT_SOURCE_DIR = cloud_build.BUILD_CONTEXT  # ollama-backend/, shipped in the package
 NO_BUILD = "none (image tag already existed)"
 # What the deploy summary repeats from the smoke test's.
 SMOKE_SUMMARY_KEYS = (
@@ -172,7 +172,9 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     labels = managed_labels(params.service, flow_run.get_name())
     actions: dict[str, str] = {}
 
-    cloud = cloud.with_enabled(service_usage.enable_apis(cloud))
+    cloud = cloud.with_enabled(service_usage.enable_apis(cloud))  # first: the preflight needs them
+    # Fails in seconds, before any build, naming region, ID token, permission or quota problems.
+    checked = preflight.preflight(cloud, params.spec, params.run_smoke_test)
     _, repo_created = artifact_registry.ensure_repository(
         cloud, params.region, params.repository, labels
     )
@@ -213,6 +215,7 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
         "build": f"{built.build_id} ({built.log_url})" if built else NO_BUILD,
         "actions": actions,
         "console": console_links(cloud.project, params),
+        "preflight": checked.summary(),
     }
     if smoke:
         summary["smoke test"] = {k: smoke[k] for k in SMOKE_SUMMARY_KEYS if k in smoke}

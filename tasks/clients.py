@@ -17,13 +17,14 @@ import google.auth
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.auth.transport.requests import AuthorizedSession
-from google.cloud import artifactregistry_v1, run_v2, service_usage_v1
+from google.cloud import artifactregistry_v1, cloudquotas_v1, run_v2, service_usage_v1
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.storage import Client as StorageClient
 
 API_ENDPOINT_ENV = "OLLAMA_CLOUDRUN_API_ENDPOINT"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 IAM_ENDPOINT = "https://iam.googleapis.com"
+RESOURCE_MANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
 
 
 @dataclass(frozen=True)
@@ -100,3 +101,12 @@ def storage_client(cloud: GoogleCloud) -> StorageClient:
 def iam_session(cloud: GoogleCloud) -> tuple[AuthorizedSession, str]:
     """IAM admin has no REST gapic client: an authorized session and the API's base URL."""
     return AuthorizedSession(cloud.credentials), cloud.api_endpoint or IAM_ENDPOINT
+
+
+def cloud_quotas_client(cloud: GoogleCloud) -> cloudquotas_v1.CloudQuotasClient:
+    return cloudquotas_v1.CloudQuotasClient(**_gapic_kwargs(cloud))
+
+
+def resource_manager_session(cloud: GoogleCloud) -> tuple[AuthorizedSession, str]:
+    """testIamPermissions is one call: an authorized session rather than another client library."""
+    return AuthorizedSession(cloud.credentials), cloud.api_endpoint or RESOURCE_MANAGER_ENDPOINT

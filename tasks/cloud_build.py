@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.cloud.devtools import cloudbuild_v1
 from google.protobuf import duration_pb2
@@ -17,6 +18,9 @@ from tasks.retries import transient_retry
 from tasks.storage import StagedSource
 
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
+# The image's build context, shipped with the package (a symlink to ollama-backend/ in the source
+# tree, real files in the wheel), so `pip install .` alone can deploy.
+BUILD_CONTEXT = Path(__file__).resolve().parent / "ollama_backend"
 POLL_INTERVAL_SECONDS = 1.0
 _TERMINAL = {
     cloudbuild_v1.Build.Status.SUCCESS,

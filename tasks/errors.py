@@ -22,7 +22,6 @@ own class. Quota messages are parsed in one place, :func:`parse_quota`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -77,44 +76,21 @@ class SmokeTestError(OllamaCloudRunError):
     """The deployed service did not answer as expected."""
 
 
-# Google's wording: Cloud Run's GPU check says "Max instances must be set to N or fewer ...
-# Quota violated: <quota> requested: R allowed: A"; other capacity quotas say "Quota exceeded for
-# ...", which a 429 rate limit ("... per minute") says too, so it counts only where instances were
-# requested (a deploy).
-_QUOTA_RE = re.compile(r"Quota violated:\s*(?P<quota>\w+)(?:.*?allowed:\s*(?P<allowed>\d+))?", re.S)
-_MAX_INSTANCES_RE = re.compile(r"Max instances must be set to (?P<n>\d+) or fewer")
-_LIMIT_MARKERS = ("Quota violated", "Max instances must be set to")
 _CAPACITY_MARKER = "Quota exceeded"
 
 
 def parse_quota(message: str, *, requested: int | None = None) -> QuotaExceededError | None:
     """The quota error Google's ``message`` describes (naming what fits), or None if it is not one.
 
-    ``requested``: the instances the call asked for; then "Quota exceeded" is a quota too.
+    Every message Cloud Run sends is recognised by ``tasks.quotas`` (its docstring quotes them).
+    ``requested``: the instances the call asked for; then a bare "Quota exceeded" is a quota too
+    (elsewhere it is a 429 rate limit, which retrying fixes).
     """
-    markers = _LIMIT_MARKERS if requested is None else (*_LIMIT_MARKERS, _CAPACITY_MARKER)
-    if not any(marker in message for marker in markers):
-        return None
-    match = _QUOTA_RE.search(message)
-    quota = match.group("quota") if match else None
-    max_fit: int | None = None
-    max_match = _MAX_INSTANCES_RE.search(message)
-    if max_match:
-        max_fit = int(max_match.group("n"))
-    elif match and match.group("allowed"):
-        max_fit = int(match.group("allowed"))
-    parts = [f"GPU quota too small: {quota or 'quota exceeded'}."]
-    if max_fit is not None:
-        parts.append(f"At most {max_fit} instance(s) would fit: set max_instances={max_fit}")
-        parts.append("or request more quota at https://g.co/cloudrun/gpu-quota.")
-    else:
-        parts.append(
-            "Lower max_instances or request more quota at https://g.co/cloudrun/gpu-quota."
-        )
-    if requested is not None:
-        parts.append(f"(requested max_instances={requested})")
-    parts.append(f"Google said: {message}")
-    return QuotaExceededError(" ".join(parts), quota=quota, max_fit=max_fit)
+    from tasks import quotas  # tasks.quotas builds on this module's QuotaExceededError
+
+    if quotas.is_quota_message(message) or (requested is not None and _CAPACITY_MARKER in message):
+        return quotas.quota_error_from_message(message, requested=requested)
+    return None
 
 
 def is_service_disabled(exc: BaseException) -> bool:

@@ -19,6 +19,9 @@ REQUIRED_SERVICES: tuple[str, ...] = (
     "run.googleapis.com",
     "storage.googleapis.com",
     "iam.googleapis.com",
+    # The preflight's checkers: both APIs answer only once enabled (SERVICE_DISABLED otherwise).
+    "cloudquotas.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
 )
 ENABLE_TIMEOUT_SECONDS = 600.0
 NOOP_OPERATION = "noop.DONE_OPERATION"  # already enabled: Google answers with this operation

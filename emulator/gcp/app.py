@@ -21,7 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
-from emulator.gcp import artifact_registry, auth, cloud_build, cloud_run, iam, service_usage
+from emulator.gcp import (
+    artifact_registry,
+    auth,
+    cloud_build,
+    cloud_quotas,
+    cloud_run,
+    iam,
+    resource_manager,
+    service_usage,
+)
 from emulator.gcp.core import (
     RUNTIME_CONFIG_FIELDS,
     Backend,
@@ -52,6 +61,8 @@ def backend_factories() -> dict[str, BackendFactory]:
         "iam": iam.IamBackend,
         "cloud_build": cloud_build.CloudBuildBackend,
         "cloud_run": cloud_run.CloudRunBackend,
+        "cloud_quotas": cloud_quotas.CloudQuotasBackend,
+        "resource_manager": resource_manager.ResourceManagerBackend,
     }
     return factories
 
@@ -67,6 +78,8 @@ def api_routes(emulator: Emulator) -> list[Route]:
         *auth.routes(emulator),
         *cloud_build.routes(emulator),
         *cloud_run.routes(emulator),
+        *cloud_quotas.routes(emulator),
+        *resource_manager.routes(emulator),
     ]
     # A route with a custom verb (`:enable`) wins over a variable that would swallow it.
     return sorted(table, key=lambda r: r.verb is None)

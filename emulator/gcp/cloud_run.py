@@ -3,7 +3,8 @@
 Validation is Google's, as INVALID_ARGUMENT on the call: the service id, GPU services (a known
 accelerator, one GPU, >= 4 CPU and >= 16 GiB, CPU always allocated), request concurrency
 1..1000, max instances 0..1000, request timeout <= 3600 s, and a GPU quota per project, region
-and pool (with / without zonal redundancy) from `config.gpu_quota`, with Google's message.
+and pool (with / without zonal redundancy) and CPU / memory allocation quotas, with Google's
+messages, against the values the emulated Cloud Quotas API serves (default GPU: `config.gpu_quota`).
 Regions are independent.
 
 A create or update that changes the template makes a revision `<service>-<00001>-<abc>` and
@@ -66,6 +67,8 @@ DEFAULT_TIMEOUT_SECONDS = 300
 MAX_TIMEOUT_SECONDS = 3600
 QUOTA_ZONAL = "NvidiaL4GpuAllocPerProjectRegion"
 QUOTA_NO_ZONAL = "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion"
+QUOTA_CPU = "CpuAllocPerProjectRegion"  # milli-vCPU
+QUOTA_MEMORY = "MemAllocPerProjectRegion"  # bytes
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 State = run_v2.Condition.State
 SUCCEEDED, FAILED, RECONCILING = State(4), State(3), State(2)
@@ -238,6 +241,15 @@ def quota_message(requested: int, allowed: int, quota_id: str) -> str:
     )
 
 
+def total_cpu_quota_message(fit: int, violated: dict[str, tuple[int, int]]) -> str:
+    """Google's CPU/memory admission error (v2 field path, as Terraform users quote it)."""
+    lines = "\n".join(f"{q} requested: {r} allowed: {a}" for q, (r, a) in violated.items())
+    return (
+        f"scaling.max_instance_count: Max instances must be set to {fit} or fewer to set the "
+        f"requested total CPU.\n\nQuota violated:\n{lines}"
+    )
+
+
 def revision_name(service_id: str, generation: int) -> str:
     letters = "".join(secrets.choice(string.ascii_lowercase) for _ in range(3))
     return f"{service_id}-{generation:05d}-{letters}"
@@ -362,20 +374,39 @@ class CloudRunBackend:
         return record
 
     def _check_quota(self, project: str, location: str, service: run_v2.Service) -> None:
+        """Admission against the Cloud Quotas values in force (emulator/gcp/cloud_quotas.py)."""
+        quotas = self._emulator.backend("cloud_quotas")
         gpu = gpu_of(service.template)
-        if gpu is None:
-            return
-        used = 0
-        for (p, loc, sid), other in self._services.items():
-            other_gpu = gpu_of(other.service.template)
-            if (p, loc) != (project, location) or sid == service.name.rsplit("/", 1)[-1]:
-                continue
-            if other_gpu is not None and other_gpu.quota_id == gpu.quota_id:
-                used += max_instances(other.service) * other_gpu.count
-        allowed = max(0, self._emulator.config.gpu_quota - used)
-        requested = max_instances(service) * gpu.count
-        if requested > allowed:
-            raise invalid_argument(quota_message(requested, allowed, gpu.quota_id))
+        if gpu is not None:
+            used = 0
+            for (p, loc, sid), other in self._services.items():
+                other_gpu = gpu_of(other.service.template)
+                if (p, loc) != (project, location) or sid == service.name.rsplit("/", 1)[-1]:
+                    continue
+                if other_gpu is not None and other_gpu.quota_id == gpu.quota_id:
+                    used += max_instances(other.service) * other_gpu.count
+            allowed = max(0, quotas.limit(project, location, gpu.quota_id) - used)
+            requested = max_instances(service) * gpu.count
+            if requested > allowed:
+                raise invalid_argument(quota_message(requested, allowed, gpu.quota_id))
+        # CPU and memory: this service's max instances × its limits against the whole quota, as
+        # Google's messages report it ("requested: 32000 allowed: 20000" for 4 × 8 vCPU).
+        limits = (
+            service.template.containers[0].resources.limits if service.template.containers else {}
+        )
+        per_instance = {
+            QUOTA_CPU: int(parse_cpu(limits.get("cpu", "1")) * 1000),
+            QUOTA_MEMORY: parse_memory(limits.get("memory", "512Mi")),
+        }
+        count = max_instances(service)
+        violated = {
+            q: (count * amount, quotas.limit(project, location, q))
+            for q, amount in per_instance.items()
+            if amount and count * amount > quotas.limit(project, location, q)
+        }
+        if violated:
+            fit = min(allowed // per_instance[q] for q, (_, allowed) in violated.items())
+            raise invalid_argument(total_cpu_quota_message(fit, violated))
 
     # -- API -----------------------------------------------------------------------------------
 

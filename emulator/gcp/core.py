@@ -71,6 +71,7 @@ SERVICE_TITLES: dict[str, str] = {
     "iamcredentials.googleapis.com": "IAM Service Account Credentials API",
     "serviceusage.googleapis.com": "Service Usage API",
     "cloudresourcemanager.googleapis.com": "Cloud Resource Manager API",
+    "cloudquotas.googleapis.com": "Cloud Quotas API",
     "logging.googleapis.com": "Cloud Logging API",
     "compute.googleapis.com": "Compute Engine API",
 }

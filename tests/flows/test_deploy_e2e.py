@@ -88,15 +88,18 @@ def test_gpu_quota_too_small_then_teardown_partial(
     with pytest.raises(gexc.NotFound):
         _get_service(service_id)  # nothing half-made left serving
 
-    # Teardown after the partial deploy: the service never existed, the rest is removed.
+    # The preflight stopped it before anything was made: teardown finds nothing.
+    assert emulator_api.state()["backends"]["cloud_build"]["builds"] == []
     rows = _results(teardown(TeardownParameters(service=service_id)))
     assert rows["service"] == "already gone"
-    assert rows["repository (with its images)"] == "deleted"
-    assert rows["service account"] == "deleted"
+    assert rows["repository (with its images)"] == "already gone"
+    assert rows["service account"] == "already gone"
 
-    # Within the quota it deploys.
+    # Within the quota it deploys, and the artifact's summary carries the preflight.
     result = deploy(DeployParameters(service=service_id, max_instances=3))
     assert result["actions"]["service"] == "created"
+    assert result["preflight"]["quotas"].startswith("passed: max_instances=3 fits")
+    assert result["preflight"]["permissions"].startswith("passed")
     teardown(TeardownParameters(service=service_id))
 
 

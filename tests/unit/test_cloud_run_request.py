@@ -31,7 +31,7 @@ def test_defaults_match_the_tutorial_flags_field_by_field() -> None:
     # gcloud beta run deploy ollama-gemma --image IMAGE --concurrency 4 --cpu 8
     #   --set-env-vars OLLAMA_NUM_PARALLEL=4 --gpu 1 --gpu-type nvidia-l4 --max-instances 7
     #   --memory 32Gi --no-allow-unauthenticated --no-cpu-throttling --service-account SA
-    #   --timeout=600   (+ --no-gpu-zonal-redundancy, the tutorial's current default)
+    #   --timeout=600   (+ --no-gpu-zonal-redundancy: this project's cost default)
     spec = DeployParameters().spec
     assert spec.service == "ollama-gemma" and spec.region == "us-central1"
     service = build_service(spec, IMAGE, SA, {"managed-by": "ollama-cloudrun"})
