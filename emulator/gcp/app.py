@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
@@ -47,6 +48,7 @@ from emulator.gcp.core import (
     require_enabled,
     unimplemented,
 )
+from emulator.gcp.request_log import RequestLog
 
 log = logging.getLogger("emulator.gcp")
 
@@ -222,7 +224,9 @@ def create_app(emulator: Emulator, routes: list[Route] | None = None) -> Starlet
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     app = Starlette(
-        routes=[StarletteRoute("/{path:path}", dispatch, methods=methods)], lifespan=lifespan
+        routes=[StarletteRoute("/{path:path}", dispatch, methods=methods)],
+        middleware=[Middleware(RequestLog)],
+        lifespan=lifespan,
     )
     app.state.emulator = emulator
     return app
