@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import googleapiclient
+from google.protobuf import json_format
 
 DOCUMENTS = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents"
 
@@ -44,6 +45,10 @@ SCOPE = (
     "cloudresourcemanager.v3",
     "monitoring.v3",
 )
+# APIs without a discovery document in google-api-python-client 2.202 (Cloud Quotas): judged by
+# the official GAPIC client instead: its REST transport's HTTP rules (rest_base.py) for paths,
+# and its proto messages, parsed strictly, for bodies.
+GAPIC_SCOPE = ("google.cloud.cloudquotas_v1",)
 
 # System parameters every Google REST API takes besides the documents' own `parameters`: the
 # GAPIC REST transports send `$alt=json;enum-encoding=int` on every call (google-cloud-python,
@@ -166,11 +171,107 @@ def load_document(name: str) -> _Document:
     return doc
 
 
-class Judge:
-    """Checks exchanges against the discovery documents of `apis`."""
+@dataclass(frozen=True)
+class _GapicMethod:
+    """One REST binding of a GAPIC method, and its request/response proto-plus classes."""
 
-    def __init__(self, apis: Iterable[str] = SCOPE) -> None:
+    id: str
+    http_method: str
+    regex: re.Pattern[str]
+    request: type[Any]
+    response: type[Any]
+
+
+def _template_regex(uri: str) -> re.Pattern[str]:
+    """`/v1/{name=projects/*/locations/*}/x` → a regex (`*` one segment, `**` any)."""
+    out = ""
+    for literal, pattern in re.findall(r"([^{]*)(?:\{[^=}]+=([^}]+)\})?", uri.strip("/")):
+        out += re.escape(literal)
+        if pattern:
+            out += "/".join(
+                "[^/]+" if seg == "*" else ".+" if seg == "**" else re.escape(seg)
+                for seg in pattern.split("/")
+            )
+    return re.compile(f"^{out}$")
+
+
+def load_gapic(package: str) -> list[_GapicMethod]:
+    """The REST bindings of every service of a GAPIC package, read from its own transports."""
+    import importlib
+    import inspect
+
+    types = importlib.import_module(package)
+    methods = []
+    for module_name in _rest_base_modules(package):
+        module = importlib.import_module(module_name)
+        for transport in vars(module).values():
+            if not inspect.isclass(transport):
+                continue
+            for name, binding in vars(transport).items():
+                if not (name.startswith("_Base") and hasattr(binding, "_get_http_options")):
+                    continue
+                rpc = name.removeprefix("_Base")
+                request = getattr(types, f"{rpc}Request", None)
+                response = getattr(types, rpc.removeprefix("Get"), None)
+                if rpc.startswith("List"):
+                    response = getattr(types, f"{rpc}Response", None)
+                if request is None or response is None:
+                    continue
+                for option in binding._get_http_options():
+                    methods.append(
+                        _GapicMethod(
+                            f"{package}.{rpc}",
+                            option["method"].upper(),
+                            _template_regex(option["uri"]),
+                            request,
+                            response,
+                        )
+                    )
+    return methods
+
+
+def _rest_base_modules(package: str) -> list[str]:
+    import importlib
+
+    root = Path(importlib.import_module(package).__file__ or "").parent / "services"
+    return [
+        f"{package}.services.{p.parent.parent.name}.transports.rest_base"
+        for p in root.glob("*/transports/rest_base.py")
+    ]
+
+
+def _proto_problem(message_class: type[Any], body: Any) -> str | None:
+    try:
+        message_class.from_json(json.dumps(body), ignore_unknown_fields=False)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+class Judge:
+    """Checks exchanges against the discovery documents of `apis` (and GAPIC-only APIs)."""
+
+    def __init__(self, apis: Iterable[str] = SCOPE, gapic: Iterable[str] = GAPIC_SCOPE) -> None:
         self.documents = [load_document(name) for name in apis]
+        self.gapic = [m for package in gapic for m in load_gapic(package)]
+
+    def _gapic_violations(self, exchange: Exchange) -> list[str] | None:
+        """None when no GAPIC binding declares the path; else the violations found."""
+        decoded = "/".join(unquote(s) for s in exchange.path.strip("/").split("/"))
+        for method in self.gapic:
+            if method.http_method != exchange.method or not method.regex.match(decoded):
+                continue
+            found = []
+            fields = {_camel(f) for f in method.request.meta.fields}
+            for name in exchange.query:
+                if name not in SYSTEM_QUERY and name not in fields:
+                    found.append(f"query parameter {name!r} is not declared")
+            if exchange.status >= 400:
+                found += list(_check_error(exchange.status, exchange.response_body))
+            elif (problem := _proto_problem(method.response, exchange.response_body)) is not None:
+                found.append(f"response: {problem}")
+            return [f"{exchange} ({method.id}): {v}" for v in found]
+        return None
 
     def candidates(self, method: str, path: str) -> list[tuple[_Document, _Method]]:
         decoded = "/".join(unquote(s) for s in path.strip("/").split("/"))
@@ -189,7 +290,10 @@ class Judge:
     def violations(self, exchange: Exchange) -> list[str]:
         candidates = self.candidates(exchange.method, exchange.path)
         if not candidates:
-            return [f"{exchange}: no method of {', '.join(SCOPE)} declares this path"]
+            gapic = self._gapic_violations(exchange)
+            if gapic is not None:
+                return gapic
+            return [f"{exchange}: no method of {', '.join(SCOPE + GAPIC_SCOPE)} declares this path"]
         best: list[str] | None = None
         for doc, method in candidates:
             found = [f"{exchange} ({method.id}): {v}" for v in self._judge(doc, method, exchange)]

@@ -107,3 +107,13 @@ def test_errors_must_be_google_rpc_status(judge: Judge) -> None:
     faults = judge.violations(Exchange("GET", get, {}, None, 404, bad))
     assert len(faults) == 3, faults  # code, message, status
     assert judge.violations(Exchange("GET", get, {}, None, 500, {"detail": "boom"}))
+
+
+def test_apis_without_a_document_are_judged_by_their_gapic_client(judge: Judge) -> None:
+    service = "/v1/projects/p/locations/global/services/run.googleapis.com"
+    path = f"{service}/quotaInfos/CpuAllocPerProjectRegion"
+    good = {"name": path[4:], "quotaId": "CpuAllocPerProjectRegion", "dimensionsInfos": []}
+    assert judge.violations(Exchange("GET", path, INT_ENUMS, None, 200, good)) == []
+    bad = Exchange("GET", path, {"colour": ["red"]}, None, 200, {**good, "quota_typo": 1})
+    faults = judge.violations(bad)
+    assert len(faults) == 2 and "colour" in faults[0] and "quota_typo" in faults[1], faults
