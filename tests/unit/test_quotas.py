@@ -6,8 +6,9 @@ import pytest
 from google.api_core import exceptions as gexc
 
 from tasks import quotas
-from tasks.errors import QuotaExceededError, is_transient, translate_google_error
+from tasks.errors import QuotaExceededError, translate_google_error
 from tasks.models import ServiceSpec
+from tasks.retries import is_transient
 
 PREFIX = "spec.template.metadata.annotations[autoscaling.knative.dev/maxScale]: "
 
