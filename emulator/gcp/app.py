@@ -1,7 +1,8 @@
 """The HTTP app: every API's route table assembled in one place, one dispatcher.
 
 The dispatcher percent-decodes the path segment by segment (the REST clients quote path
-variables: `%40`, `%3A`), ignores `$alt`/`alt`, checks the bearer token (401) and the API's
+variables: `%40`, `%3A`), ignores `$alt`/`alt`, requires a valid access token on every route
+but the anonymous ones (401 UNAUTHENTICATED, checked first as on Google), checks the API's
 enablement (403 SERVICE_DISABLED), calls one handler and renders errors as Google does.
 Anything not implemented answers 501 naming the method and path.
 """
@@ -41,7 +42,7 @@ from emulator.gcp.core import (
     EmulatorConfig,
     GoogleApiError,
     Route,
-    caller_identity,
+    authenticate,
     gate_project,
     invalid_argument,
     message_to_json,
@@ -140,9 +141,9 @@ def control_routes() -> list[Route]:
         return json.loads(updated.model_dump_json())
 
     return [
-        Route("GET", "/_emulator/state", state),
-        Route("POST", "/_emulator/reset", reset),
-        Route("POST", "/_emulator/config", config),
+        Route("GET", "/_emulator/state", state, anonymous=True),
+        Route("POST", "/_emulator/reset", reset, anonymous=True),
+        Route("POST", "/_emulator/config", config, anonymous=True),
     ]
 
 
@@ -192,9 +193,9 @@ def create_app(emulator: Emulator, routes: list[Route] | None = None) -> Starlet
                 f"emulator.gcp does not implement {request.method} {path}"
             ).response()
         try:
+            caller = None if route.anonymous else authenticate(request, route.service)
             raw = await request.body()
             body = _json_body(raw, request.headers.get("content-type", ""))
-            caller = caller_identity(request) if route.service is not None else None
             call = Call(emulator, request, params, request.query_params, body, caller, raw)
             with emulator.lock:
                 project = gate_project(params)

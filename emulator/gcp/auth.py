@@ -32,15 +32,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+from google.auth.exceptions import GoogleAuthError
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from emulator.gcp.core import (
     Call,
     Route,
     invalid_argument,
+    invalid_credentials,
     not_found,
     project_number,
-    unauthenticated,
     write_json_atomic,
 )
 
@@ -223,18 +224,18 @@ class TokenSigner:
         parts = token.split(".")
         if len(parts) == 3 and parts[0] == "ya29":
             mac = hmac.new(self.access_secret, parts[1].encode(), hashlib.sha256).digest()
-            if hmac.compare_digest(_b64(mac), parts[2]):
+            if hmac.compare_digest(_b64(mac).encode(), parts[2].encode()):
                 data = json.loads(_unb64(parts[1]))
                 if data["x"] > time.time():
                     return str(data["e"])
-                raise unauthenticated(_INVALID_CREDENTIALS, "ACCESS_TOKEN_EXPIRED")
+                raise invalid_credentials("ACCESS_TOKEN_EXPIRED")
         elif len(parts) == 3:
             return self._verify_self_signed_jwt(token)
-        raise unauthenticated(_INVALID_CREDENTIALS, "ACCESS_TOKEN_TYPE_UNSUPPORTED")
+        raise invalid_credentials("ACCESS_TOKEN_TYPE_UNSUPPORTED")
 
     def _verify_self_signed_jwt(self, token: str) -> str:
         """Google accepts a JWT the service account signs itself (gapic clients send one:
-        `always_use_jwt_access`); iss = sub = the account's email."""
+        `always_use_jwt_access`); iss = sub = the email of the key file's account."""
         try:
             claims = jwt.decode(
                 token,
@@ -243,16 +244,18 @@ class TokenSigner:
                 audience=None,
                 clock_skew_in_seconds=10,
             )
-        except ValueError as exc:
-            reason = (
-                "ACCESS_TOKEN_EXPIRED"
-                if "expired" in str(exc).lower()
-                else ("ACCESS_TOKEN_TYPE_UNSUPPORTED")
-            )
-            raise unauthenticated(_INVALID_CREDENTIALS, reason) from None
+        except (ValueError, GoogleAuthError) as exc:
+            expired = "expired" in str(exc).lower()
+            raise invalid_credentials(
+                "ACCESS_TOKEN_EXPIRED" if expired else "ACCESS_TOKEN_TYPE_UNSUPPORTED"
+            ) from None
         email = claims.get("iss")
-        if not isinstance(email, str) or email != claims.get("sub"):
-            raise unauthenticated(_INVALID_CREDENTIALS, "ACCESS_TOKEN_TYPE_UNSUPPORTED")
+        if (
+            not isinstance(email, str)
+            or email != claims.get("sub")
+            or not email.startswith(f"{ADMIN_ACCOUNT_ID}@")
+        ):
+            raise invalid_credentials("ACCESS_TOKEN_TYPE_UNSUPPORTED")
         return email
 
     # -- the generated service-account key file ----------------------------------------------
@@ -284,13 +287,6 @@ class TokenSigner:
         except ValueError as exc:
             raise InvalidToken(str(exc)) from None
         return claims
-
-
-_INVALID_CREDENTIALS = (
-    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
-    "or other valid authentication credential. See "
-    "https://developers.google.com/identity/sign-in/web/devconsole-project."
-)
 
 
 def _oauth_error(error: str, description: str) -> Response:
@@ -418,12 +414,6 @@ def routes(emulator: Emulator) -> list[Route]:
     # -- IAM Credentials and certs ---------------------------------------------------------
 
     def generate_id_token(call: Call) -> dict[str, Any]:
-        if call.caller is None:
-            raise unauthenticated(
-                "Request is missing required authentication credential. Expected OAuth 2 access "
-                "token, login cookie or other valid authentication credential.",
-                "CREDENTIALS_MISSING",
-            )
         account = call.param("account")
         found = emulator.iam.find(call.param("project"), account)
         email = found["email"] if found else account if account == default_email() else None
@@ -441,20 +431,22 @@ def routes(emulator: Emulator) -> list[Route]:
     def pem_certs(call: Call) -> Response:
         return JSONResponse({signer.signing_kid: _self_signed_cert(signer.signing_key)})
 
+    # Google serves these without credentials: the OAuth token endpoint, the metadata server and
+    # the certs. IAM Credentials is an ordinary API: it requires an access token.
     accounts = "/computeMetadata/v1/instance/service-accounts/{account}"
     return [
-        Route("POST", "/token", token),
-        Route("GET", "/", ping),
-        Route("GET", accounts, account_info),
-        Route("GET", accounts + "/{item}", account_item),
-        Route("GET", "/computeMetadata/v1/project/{item}", project_item),
-        Route("GET", "/computeMetadata/v1/universe/universe-domain", universe),
+        Route("POST", "/token", token, anonymous=True),
+        Route("GET", "/", ping, anonymous=True),
+        Route("GET", accounts, account_info, anonymous=True),
+        Route("GET", accounts + "/{item}", account_item, anonymous=True),
+        Route("GET", "/computeMetadata/v1/project/{item}", project_item, anonymous=True),
+        Route("GET", "/computeMetadata/v1/universe/universe-domain", universe, anonymous=True),
         Route(
             "POST",
             "/v1/projects/{project}/serviceAccounts/{account}:generateIdToken",
             generate_id_token,
             "iamcredentials.googleapis.com",
         ),
-        Route("GET", "/oauth2/v3/certs", jwks),
-        Route("GET", "/oauth2/v1/certs", pem_certs),
+        Route("GET", "/oauth2/v3/certs", jwks, anonymous=True),
+        Route("GET", "/oauth2/v1/certs", pem_certs, anonymous=True),
     ]

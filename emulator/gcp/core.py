@@ -89,6 +89,7 @@ class GoogleApiError(Exception):
         domain: str = "googleapis.com",
         metadata: dict[str, str] | None = None,
         extra_details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         if status not in GRPC_CODES:
@@ -100,6 +101,7 @@ class GoogleApiError(Exception):
         self.domain = domain
         self.metadata = dict(metadata or {})
         self.extra_details = list(extra_details or [])
+        self.headers = dict(headers or {})
 
     @property
     def grpc_code(self) -> int:
@@ -140,6 +142,7 @@ class GoogleApiError(Exception):
             json.dumps(self.to_json()),
             status_code=self.http_status,
             media_type="application/json; charset=UTF-8",
+            headers=self.headers,
         )
 
 
@@ -169,8 +172,47 @@ def resource_exhausted(message: str, reason: str | None = None) -> GoogleApiErro
     return GoogleApiError(429, "RESOURCE_EXHAUSTED", message, reason)
 
 
-def unauthenticated(message: str, reason: str | None = None) -> GoogleApiError:
-    return GoogleApiError(401, "UNAUTHENTICATED", message, reason)
+# Google's 401s, as its front end sends them for every JSON API (a capture of
+# `curl -i https://apigee.googleapis.com/...` without a token: `www-authenticate: Bearer
+# realm="https://accounts.google.com/"`, message "Request is missing required authentication
+# credential. ...", ErrorInfo reason CREDENTIALS_MISSING with metadata service + method; a
+# captured Translation API 401 for a bad token adds `error="invalid_token"` to the challenge).
+# The reasons and their ErrorInfo metadata are those of googleapis/googleapis
+# google/api/error_reason.proto: CREDENTIALS_MISSING (no credentials), ACCESS_TOKEN_EXPIRED,
+# ACCESS_TOKEN_TYPE_UNSUPPORTED (a token Google cannot use, e.g. an API key or an ID token sent as
+# an access token); google-cloud-python#15087 quotes the message of an invalid/expired token.
+MISSING_CREDENTIALS_MESSAGE = (
+    "Request is missing required authentication credential. Expected OAuth 2 access token, login "
+    "cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+INVALID_CREDENTIALS_MESSAGE = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
+    "or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_REALM = 'Bearer realm="https://accounts.google.com/"'
+
+
+def unauthenticated(
+    message: str, reason: str | None = None, service: str | None = None
+) -> GoogleApiError:
+    """401 UNAUTHENTICATED with Google's `WWW-Authenticate` challenge."""
+    challenge = _REALM if reason == "CREDENTIALS_MISSING" else f'{_REALM}, error="invalid_token"'
+    metadata = {"service": service} if service else None
+    headers = {"www-authenticate": challenge}
+    return GoogleApiError(
+        401, "UNAUTHENTICATED", message, reason, metadata=metadata, headers=headers
+    )
+
+
+def credentials_missing(service: str | None = None) -> GoogleApiError:
+    return unauthenticated(MISSING_CREDENTIALS_MESSAGE, "CREDENTIALS_MISSING", service)
+
+
+def invalid_credentials(reason: str, service: str | None = None) -> GoogleApiError:
+    """`reason`: ACCESS_TOKEN_EXPIRED or ACCESS_TOKEN_TYPE_UNSUPPORTED."""
+    return unauthenticated(INVALID_CREDENTIALS_MESSAGE, reason, service)
 
 
 def unimplemented(message: str) -> GoogleApiError:
@@ -574,28 +616,27 @@ def require_enabled(emulator: Emulator, project: str, service_name: str) -> None
     )
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: Request, service: str | None = None) -> str:
+    """The bearer token of the request; 401 CREDENTIALS_MISSING without one."""
     header = request.headers.get("authorization") or ""
     scheme, _, token = header.partition(" ")
-    if not header:
-        return None
     if scheme.lower() != "bearer" or not token.strip():
-        raise unauthenticated(
-            "Request is missing required authentication credential.", "CREDENTIALS_MISSING"
-        )
+        raise credentials_missing(service)
     return token.strip()
 
 
-def caller_identity(request: Request) -> str | None:
-    """The caller's email from an access token the emulator issued; None when anonymous.
+def authenticate(request: Request, service: str | None = None) -> str:
+    """The caller's email from an access token the emulator issued (or a JWT its key file's account
+    signed itself); 401 UNAUTHENTICATED, as on Google, when there is none or it is invalid/expired.
 
-    An invalid or expired token is a 401 UNAUTHENTICATED, as on Google.
+    `service` (e.g. "run.googleapis.com") goes into the error's ErrorInfo metadata.
     """
-    token = bearer_token(request)
-    if token is None:
-        return None
+    token = bearer_token(request, service)
     emulator: Emulator = request.app.state.emulator
-    return emulator.signer.verify_access_token(token)
+    try:
+        return emulator.signer.verify_access_token(token)
+    except GoogleApiError as exc:  # the signer knows the reason, not the API called
+        raise invalid_credentials(exc.reason or "ACCESS_TOKEN_TYPE_UNSUPPORTED", service) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,12 +666,15 @@ Handler: TypeAlias = Callable[[Call], HandlerResult | Awaitable[HandlerResult]]
 @dataclass(frozen=True)
 class Route:
     """`method template -> handler`; `service` (e.g. "run.googleapis.com") gates the route on
-    the API being enabled for the `{project}` path variable."""
+    the API being enabled for the `{project}` path variable. Every route requires a valid access
+    token (401 otherwise) unless `anonymous`: what Google serves without credentials (the OAuth
+    token endpoint, the metadata server, the certs) and the emulator's own control endpoints."""
 
     method: str
     template: str
     handler: Handler
     service: str | None = None
+    anonymous: bool = False
     segments: tuple[str, ...] = field(init=False, repr=False)
     verb: str | None = field(init=False, repr=False)
 

@@ -1,5 +1,6 @@
 """Tokens as google-auth fetches them: the key file's token endpoint, the metadata server
-(in a subprocess: GCE_METADATA_HOST is read at import) and IAM Credentials generateIdToken."""
+(in a subprocess: GCE_METADATA_HOST is read at import) and IAM Credentials generateIdToken; every
+admin API refuses a call without a valid access token with Google's 401."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from google.auth.transport.requests import AuthorizedSession
 from google.cloud import service_usage_v1
 from google.oauth2 import id_token, service_account
 
-from emulator.gcp.auth import InvalidToken, _new_key, admin_email
+from emulator.gcp.auth import InvalidToken, TokenSigner, _new_key, admin_email
 from tests.gcp.conftest import PROJECT, LocalGcp
 
 AUDIENCE = "http://127.0.0.1:9/ollama-gemma"
@@ -80,16 +81,196 @@ def test_assertion_signed_with_another_key_is_refused(local_gcp: LocalGcp) -> No
         creds.refresh(gar.Request())
 
 
-def test_invalid_bearer_token_is_401(local_gcp: LocalGcp) -> None:
-    class Bad(Credentials):  # type: ignore[misc]
-        def refresh(self, request: object) -> None:
-            self.token = "ya29.not-a-token"
-            self.expiry = None
+# Google's texts (see emulator/gcp/core.py for the sources), written out here so that a change
+# to the emulator's constants cannot pass unnoticed.
+MISSING = (
+    "Request is missing required authentication credential. Expected OAuth 2 access token, login "
+    "cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+INVALID = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
+    "or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+SA = f"runtime@{PROJECT}.iam.gserviceaccount.com"
+LOC = f"projects/{PROJECT}/locations/us-central1"
+# One call of each emulated admin API (method, path, the API's service name).
+ADMIN_CALLS = [
+    ("GET", f"/v1/projects/{PROJECT}/services/run.googleapis.com", "serviceusage.googleapis.com"),
+    ("GET", f"/v1/{LOC}/repositories", "artifactregistry.googleapis.com"),
+    ("GET", f"/v1/projects/{PROJECT}/serviceAccounts", "iam.googleapis.com"),
+    (
+        "POST",
+        f"/v1/projects/-/serviceAccounts/{SA}:generateIdToken",
+        "iamcredentials.googleapis.com",
+    ),
+    ("GET", f"/v1/projects/{PROJECT}/builds", "cloudbuild.googleapis.com"),
+    ("GET", f"/v1/{LOC}/builds", "cloudbuild.googleapis.com"),
+    ("GET", f"/v2/{LOC}/services", "run.googleapis.com"),
+    ("GET", f"/v2/{LOC}/services/ollama-gemma:getIamPolicy", "run.googleapis.com"),
+    ("GET", "/v1/operations/acat.p2-1-2", None),
+    ("GET", f"/v1/{LOC}/operations/op-1", None),
+]
 
-    client = local_gcp.client(service_usage_v1.ServiceUsageClient, anonymous=True)
-    client._transport._session.credentials = Bad()
-    with pytest.raises(exceptions.Unauthorized):
-        client.get_service(request={"name": f"projects/{PROJECT}/services/run.googleapis.com"})
+
+def _error(response: httpx.Response) -> tuple[str, str, dict[str, object]]:
+    body = response.json()["error"]
+    assert body["code"] == response.status_code == 401
+    assert body["status"] == "UNAUTHENTICATED"
+    (info,) = body["details"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert info["domain"] == "googleapis.com"
+    return body["message"], info["reason"], info.get("metadata", {})
+
+
+@pytest.mark.parametrize(("method", "path", "service"), ADMIN_CALLS)
+def test_admin_api_without_credentials_is_401(
+    local_gcp: LocalGcp, method: str, path: str, service: str | None
+) -> None:
+    """curl without a token: 401 CREDENTIALS_MISSING, before the API's enablement is checked."""
+    url = local_gcp.base_url + path
+    r = httpx.request(method, url, json={"audience": AUDIENCE} if method == "POST" else None)
+    assert r.headers["www-authenticate"] == 'Bearer realm="https://accounts.google.com/"'
+    message, reason, metadata = _error(r)
+    assert (message, reason) == (MISSING, "CREDENTIALS_MISSING")
+    assert metadata == ({"service": service} if service else {})
+    # Not a bearer token either (an API key in the header, Basic auth): still missing.
+    r = httpx.request(method, url, headers={"Authorization": "Basic dXNlcjpwdw=="})
+    assert _error(r)[1] == "CREDENTIALS_MISSING"
+
+
+@pytest.fixture(scope="module")
+def foreign() -> TokenSigner:
+    """Another emulator's keys."""
+    return TokenSigner.generate()
+
+
+@pytest.mark.parametrize(("method", "path", "service"), ADMIN_CALLS)
+def test_admin_api_with_a_bad_token_is_401(
+    local_gcp: LocalGcp, foreign: TokenSigner, method: str, path: str, service: str | None
+) -> None:
+    signer = local_gcp.emulator.signer
+    email = admin_email(PROJECT)
+    forged = signer.mint_access_token(email).rsplit(".", 1)[0] + ".AAAA"
+    tokens = {
+        "garbage": "ACCESS_TOKEN_TYPE_UNSUPPORTED",
+        forged: "ACCESS_TOKEN_TYPE_UNSUPPORTED",  # the emulator did not mint it
+        signer.mint_id_token(email, AUDIENCE): "ACCESS_TOKEN_TYPE_UNSUPPORTED",  # an ID token
+        foreign.mint_access_token(email): "ACCESS_TOKEN_TYPE_UNSUPPORTED",  # another emulator's
+        signer.mint_access_token(email, lifetime=-5): "ACCESS_TOKEN_EXPIRED",
+    }
+    for token, expected in tokens.items():
+        r = httpx.request(method, local_gcp.base_url + path, headers=_bearer(token))
+        assert r.headers["www-authenticate"] == (
+            'Bearer realm="https://accounts.google.com/", error="invalid_token"'
+        )
+        message, reason, metadata = _error(r)
+        assert (message, reason) == (INVALID, expected)
+        assert metadata == ({"service": service} if service else {})
+    # The token the emulator minted passes authentication (the call may then fail otherwise:
+    # the API is not enabled, the resource does not exist).
+    good = httpx.request(method, local_gcp.base_url + path, headers=_bearer(_access(local_gcp)))
+    assert good.status_code != 401, good.text
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _access(local_gcp: LocalGcp) -> str:
+    creds = local_gcp.credentials()
+    creds.refresh(gar.Request())
+    token: str = creds.token
+    return token
+
+
+def test_curl_cannot_create_or_delete_a_service_account(local_gcp: LocalGcp) -> None:
+    local_gcp.enable("iam.googleapis.com")
+    base = f"{local_gcp.base_url}/v1/projects/{PROJECT}/serviceAccounts"
+    assert httpx.post(base, json={"accountId": "sneaky"}).status_code == 401
+    assert local_gcp.emulator.iam.list(PROJECT) == []
+    session = AuthorizedSession(local_gcp.credentials())
+    created = session.post(base, json={"accountId": "runtime"})
+    assert created.status_code == 200, created.text
+    assert httpx.delete(f"{base}/{created.json()['email']}").status_code == 401
+    assert [a["email"] for a in local_gcp.emulator.iam.list(PROJECT)] == [SA]
+    assert session.delete(f"{base}/{SA}").status_code == 200
+
+
+def test_what_google_serves_without_credentials_stays_open(local_gcp: LocalGcp) -> None:
+    base = local_gcp.base_url
+    assert httpx.get(f"{base}/oauth2/v3/certs").status_code == 200
+    assert httpx.get(f"{base}/oauth2/v1/certs").status_code == 200
+    assert httpx.get(f"{base}/").status_code == 200  # the metadata server's ping
+    flavor = {"Metadata-Flavor": "Google"}
+    token = httpx.get(
+        f"{base}/computeMetadata/v1/instance/service-accounts/default/token", headers=flavor
+    )
+    assert token.status_code == 200
+    assert httpx.get(f"{base}/_emulator/state").status_code == 200
+    # The token endpoint answers an anonymous POST (its own errors are OAuth's, not a 401).
+    assert httpx.post(f"{base}/token", data={"grant_type": "x"}).json() == {
+        "error": "unsupported_grant_type",
+        "error_description": "Invalid grant_type.",
+    }
+
+
+class _Token(Credentials):  # type: ignore[misc]
+    """Credentials that send `token` as is (None: no Authorization header at all)."""
+
+    def __init__(self, token: str | None) -> None:
+        super().__init__()
+        self.fixed = token
+
+    def refresh(self, request: object) -> None:
+        self.token, self.expiry = self.fixed, None
+
+    def apply(self, headers: dict[str, str], token: str | None = None) -> None:
+        if self.fixed is not None:
+            super().apply(headers, token)
+
+    @property
+    def valid(self) -> bool:
+        return self.token is not None
+
+
+def test_official_client_without_or_with_a_bad_token_raises_unauthorized(
+    local_gcp: LocalGcp,
+) -> None:
+    """Over REST, google.api_core picks the exception class from the HTTP status alone: a 401 is
+    `Unauthorized` (the first class registered for 401; its subclass `Unauthenticated` is what the
+    gRPC transport raises for UNAUTHENTICATED) — what Google's 401 gives the REST clients too."""
+    name = f"projects/{PROJECT}/services/run.googleapis.com"
+
+    def client_with(token: str | None) -> service_usage_v1.ServiceUsageClient:
+        client = local_gcp.client(service_usage_v1.ServiceUsageClient, anonymous=True)
+        client._transport._session.credentials = _Token(token)
+        return client  # type: ignore[no-any-return]
+
+    with pytest.raises(exceptions.Unauthorized) as missing:
+        client_with(None).get_service(request={"name": name})
+    assert exceptions.exception_class_for_http_status(401) is type(missing.value)
+    assert missing.value.code == 401
+    assert missing.value.reason == "CREDENTIALS_MISSING"
+    assert missing.value.domain == "googleapis.com"
+    assert missing.value.metadata == {"service": "serviceusage.googleapis.com"}
+    assert missing.value.message.endswith(MISSING)
+
+    with pytest.raises(exceptions.Unauthorized) as invalid:
+        client_with("ya29.not-a-token").get_service(request={"name": name})
+    assert invalid.value.reason == "ACCESS_TOKEN_TYPE_UNSUPPORTED"
+    assert invalid.value.message.endswith(INVALID)
+
+    # AnonymousCredentials: google-auth's session answers the 401 by refreshing them, which they
+    # refuse (as against Google): the call fails instead of being served.
+    anonymous = local_gcp.client(service_usage_v1.ServiceUsageClient, anonymous=True)
+    with pytest.raises(auth_exceptions.InvalidOperation, match="cannot be refreshed"):
+        anonymous.get_service(request={"name": name})
+
+    # The same client with the key file's credentials is served.
+    good = local_gcp.client(service_usage_v1.ServiceUsageClient)
+    assert good.get_service(request={"name": name}).name.endswith("/services/run.googleapis.com")
 
 
 def test_generate_id_token(local_gcp: LocalGcp) -> None:

@@ -15,7 +15,7 @@ RUN = "run.googleapis.com"
 
 
 def test_disabled_api_gives_403_service_disabled(local_gcp: LocalGcp) -> None:
-    ar = local_gcp.client(artifactregistry_v1.ArtifactRegistryClient, anonymous=True)
+    ar = local_gcp.client(artifactregistry_v1.ArtifactRegistryClient)
     with pytest.raises(exceptions.Forbidden) as info:
         ar.list_repositories(parent=f"projects/{PROJECT}/locations/us-central1")
     err = info.value
