@@ -1,7 +1,8 @@
 """Flow ``smoke_test``: prove a private Ollama service on Cloud Run answers, and time it.
 
 An ID token with the service's uri as audience (refreshed when it expires) → ``/api/tags`` lists
-the model → a short ``/api/generate`` returns text → a request without a token gets 401.
+the model → a short ``/api/generate`` returns text → a request without a token is refused (403
+or 401).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The front door of one emulated Cloud Run service: `uri = http://127.0.0.1:<port>`.
 
-Like Cloud Run's ingress it checks the Google-signed ID token (`X-Serverless-Authorization` or
-`Authorization: Bearer`): signature, audience (the service's URLs or custom audiences) and expiry
-→ 401; the token's email must be a member of `roles/run.invoker` (or allUsers /
-allAuthenticatedUsers) → 403; at most `max_instances × concurrency` requests in flight, streamed
-responses counted until their last byte → 429 with Cloud Run's text. Accepted requests are
+Like Cloud Run's ingress, unless the service is public (allUsers, or the invoker IAM check
+disabled): no token (`X-Serverless-Authorization` or `Authorization: Bearer`) → 403; a token whose
+signature, audience (the service's URLs or custom audiences) or expiry is wrong → 401; a valid
+token whose email is not a member of `roles/run.invoker` (or allAuthenticatedUsers) → 403; at
+most `max_instances × concurrency` requests in flight, streamed responses counted until their
+last byte → 429 with Cloud Run's text. Accepted requests are
 forwarded, streaming, to the service's current Ollama-compatible backend (503 while none is ready).
 
 One uvicorn server per service, on its own thread and port; `stop()` closes it.
@@ -69,6 +70,17 @@ class Denial:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# Cloud Run's front end answers with Google's HTML error page. The 403 sent to a request without
+# a token, verbatim from `curl` against a private service in Google's Cloud Run tutorial
+# (meteatamel/cloudrun-tutorial docs/auth.md, "Test the calling service"; Cloud Skills Boost lab
+# transcripts show the same page): title "403 Forbidden", "Error: Forbidden", "Your client does not
+# have permission to get URL <code>/</code> from this server.". The same 403 answers a valid ID
+# token whose identity lacks run.invoker. A token that fails verification (malformed, expired,
+# another audience) gets 401 "Error: Unauthorized", "Your client does not have permission to the
+# requested URL <code>/</code>." with `WWW-Authenticate: Bearer error="invalid_token"
+# error_description="The access token could not be verified"`, as users' reports of Cloud Run
+# 401s quote it (Cloud Run's request log then says "The request was not authorized to invoke this
+# service. The access token could not be verified.").
 def _page(status: int, title: str, message: str) -> str:
     return (
         "<html><head>\n"
@@ -131,11 +143,13 @@ def bearer(headers: Mapping[str, str]) -> str | None:
 def check_access(
     headers: Mapping[str, str], path: str, rules: IngressRules, verify: TokenVerifier
 ) -> Denial | None:
-    """None when the request may pass; else Cloud Run's 401 or 403."""
-    public = rules.invoker_iam_disabled or "allUsers" in rules.members
+    """None when the request may pass; else Cloud Run's 403 (no token, or an identity without
+    run.invoker) or 401 (a token that fails verification). A public service takes any request."""
+    if rules.invoker_iam_disabled or "allUsers" in rules.members:
+        return None
     token = bearer(headers)
     if token is None:
-        return None if public else unauthorized(path)
+        return forbidden(path)
     claims: Mapping[str, Any] | None = None
     for audience in rules.audiences:
         try:
@@ -143,8 +157,6 @@ def check_access(
             break
         except ValueError:
             continue
-    if public:
-        return None
     if claims is None:
         return unauthorized(path)
     email = str(claims.get("email") or "")

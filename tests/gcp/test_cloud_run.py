@@ -28,6 +28,8 @@ from emulator.gcp import cloud_run
 from emulator.gcp.app import api_routes, backend_factories, create_app
 from emulator.gcp.auth import TokenSigner
 from emulator.gcp.core import Emulator, EmulatorConfig
+from tasks import ollama as ollama_tasks
+from tasks.errors import SmokeTestError
 
 PROJECT = "run-project"
 LOCATION = "us-central1"
@@ -272,8 +274,14 @@ def test_service_is_served_behind_the_ingress(run_env: RunEnv) -> None:
     assert svc.labels["managed-by"] == "ollama-cloudrun"
     assert svc.traffic_statuses[0].percent == 100
 
-    # 401 without a token, with a bad one, or with the wrong audience.
-    assert httpx.get(f"{svc.uri}/api/tags").status_code == 401
+    # 403 without a token (Cloud Run's "Forbidden" page); 401 with a bad one, one for another
+    # audience or an expired one.
+    anonymous = httpx.get(f"{svc.uri}/api/tags")
+    assert anonymous.status_code == 403
+    assert "Your client does not have permission to get URL <code>/api/tags</code>" in (
+        anonymous.text
+    )
+    assert ollama_tasks.require_private(svc.uri) == 403
     bad = {"Authorization": "Bearer not-a-jwt"}
     assert httpx.get(f"{svc.uri}/api/tags", headers=bad).status_code == 401
     wrong_aud = {"Authorization": f"Bearer {run_env.id_token('https://elsewhere.run.app')}"}
@@ -360,6 +368,9 @@ def test_public_service_and_list(run_env: RunEnv) -> None:
         )
     )
     assert httpx.get(f"{svc.uri}/api/tags").status_code == 200
+    # The smoke test's check fails on a public service: the request without a token was served.
+    with pytest.raises(SmokeTestError, match="answered 200 to a request without a token"):
+        ollama_tasks.require_private(svc.uri)
     names = [s.name for s in client.list_services(parent=parent())]
     assert svc.name in names
     client.delete_service(name=svc.name).result(timeout=60)

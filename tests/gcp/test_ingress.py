@@ -1,4 +1,5 @@
-"""The ingress's access rules (pure) with real RS256 ID tokens from the emulator's signer."""
+"""The ingress's access rules (pure) with real RS256 ID tokens from the emulator's signer:
+no token → 403, bad token → 401, no invoker → 403, allowed → 200, as on Cloud Run."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def status(signer: TokenSigner, headers: dict[str, str], r: IngressRules) -> int
 def test_tokens_audience_expiry_and_membership(signer: TokenSigner) -> None:
     good = {"authorization": f"Bearer {signer.mint_id_token(SA, URI)}"}
     member = rules(f"serviceAccount:{SA}")
-    assert status(signer, {}, member) == 401
+    assert status(signer, {}, member) == 403  # no token: Cloud Run's "Forbidden"
     assert status(signer, {"authorization": "Basic abc"}, member) == 401
     assert status(signer, {"authorization": "Bearer x.y.z"}, member) == 401
     other_aud = {"authorization": f"Bearer {signer.mint_id_token(SA, 'https://x.run.app')}"}
@@ -40,9 +41,11 @@ def test_tokens_audience_expiry_and_membership(signer: TokenSigner) -> None:
     assert status(signer, good, member) == 200
     assert status(signer, good, rules("user:someone@example.com")) == 403
     assert status(signer, good, rules("allAuthenticatedUsers")) == 200
-    assert status(signer, {}, rules("allAuthenticatedUsers")) == 401
+    assert status(signer, {}, rules("allAuthenticatedUsers")) == 403
     assert status(signer, {}, rules("allUsers")) == 200
     assert status(signer, {}, rules(disabled=True)) == 200
+    # A public service does not look at the token at all.
+    assert status(signer, {"authorization": "Bearer x.y.z"}, rules("allUsers")) == 200
 
 
 def test_serverless_authorization_header_wins(signer: TokenSigner) -> None:
@@ -51,5 +54,17 @@ def test_serverless_authorization_header_wins(signer: TokenSigner) -> None:
     assert bearer(headers) == token
     assert status(signer, headers, rules(f"serviceAccount:{SA}")) == 200
     denial = check_access({}, "/api/tags", rules(), signer.verify_id_token)
-    assert denial is not None and "<code>/api/tags</code>" in denial.body
-    assert "www-authenticate" in denial.headers
+    assert denial is not None and denial.status == 403
+    assert (
+        "<title>403 Forbidden</title>" in denial.body
+        and "<h1>Error: Forbidden</h1>" in denial.body
+        and "Your client does not have permission to get URL <code>/api/tags</code> from this "
+        "server."
+        in denial.body
+    )
+    bad = {"authorization": "Bearer x.y.z"}
+    denial = check_access(bad, "/api/tags", rules(), signer.verify_id_token)
+    assert denial is not None and denial.status == 401
+    assert "<h1>Error: Unauthorized</h1>" in denial.body
+    assert "permission to the requested URL <code>/api/tags</code>." in denial.body
+    assert denial.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
