@@ -8,9 +8,10 @@ from google.cloud import run_v2
 from prefect.artifacts import Artifact
 
 from flows.deploy import DeployParameters, deploy
+from flows.smoke_test import SmokeTestParameters, smoke_test
 from flows.teardown import TeardownParameters, teardown
 from tasks import clients
-from tasks.errors import QuotaExceededError
+from tasks.errors import QuotaExceededError, SmokeTestError
 from tests.flows.conftest import EmulatorControl
 
 pytestmark = pytest.mark.slow
@@ -20,6 +21,13 @@ def _get_service(service_id: str) -> run_v2.Service:
     cloud = clients.resolve_cloud()
     client = clients.run_services_client(cloud)
     return client.get_service(name=client.service_path(cloud.project, "us-central1", service_id))
+
+
+def _make_public(name: str) -> None:
+    client = clients.run_services_client(clients.resolve_cloud())
+    policy = client.get_iam_policy(request={"resource": name})
+    policy.bindings.add(role="roles/run.invoker", members=["allUsers"])
+    client.set_iam_policy(request={"resource": name, "policy": policy})
 
 
 def _builds(emulator: EmulatorControl) -> int:
@@ -65,6 +73,16 @@ def test_deploy_noop_new_model_and_teardown_twice(
     updated = _get_service(service_id)
     assert updated.latest_ready_revision != created.latest_ready_revision
     assert "gemma2:2b" in third["smoke test"]["models listed"]
+
+    # Private: the request without a token got Cloud Run's 403. Made public (allUsers may
+    # invoke): the smoke test fails, a tokenless request was served.
+    smoke = SmokeTestParameters(service=service_id)
+    assert smoke_test(smoke)["without token"] == 403
+    _make_public(updated.name)
+    public = smoke_test(smoke, return_state=True)
+    assert public.is_failed()
+    with pytest.raises(SmokeTestError, match="answered 200 to a request without a token"):
+        public.result()
 
     gone = teardown(TeardownParameters(service=service_id))
     assert set(_results(gone).values()) == {"deleted"}
