@@ -175,8 +175,9 @@ def resource_exhausted(message: str, reason: str | None = None) -> GoogleApiErro
 # Google's 401s, as its front end sends them for every JSON API (a capture of
 # `curl -i https://apigee.googleapis.com/...` without a token: `www-authenticate: Bearer
 # realm="https://accounts.google.com/"`, message "Request is missing required authentication
-# credential. ...", ErrorInfo reason CREDENTIALS_MISSING with metadata service + method; a
-# captured Translation API 401 for a bad token adds `error="invalid_token"` to the challenge).
+# credential. ...", ErrorInfo reason CREDENTIALS_MISSING with metadata service + method (the
+# emulator sends `service` only: it knows no RPC method names); a captured Translation API 401 for
+# a bad token adds `error="invalid_token"` to the challenge).
 # The reasons and their ErrorInfo metadata are those of googleapis/googleapis
 # google/api/error_reason.proto: CREDENTIALS_MISSING (no credentials), ACCESS_TOKEN_EXPIRED,
 # ACCESS_TOKEN_TYPE_UNSUPPORTED (a token Google cannot use, e.g. an API key or an ID token sent as
