@@ -141,9 +141,9 @@ def control_routes() -> list[Route]:
         return json.loads(updated.model_dump_json())
 
     return [
-        Route("GET", "/_emulator/state", state, anonymous=True),
-        Route("POST", "/_emulator/reset", reset, anonymous=True),
-        Route("POST", "/_emulator/config", config, anonymous=True),
+        Route("GET", "/_emulator/state", state),
+        Route("POST", "/_emulator/reset", reset),
+        Route("POST", "/_emulator/config", config),
     ]
 
 

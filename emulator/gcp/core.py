@@ -664,12 +664,16 @@ HandlerResult: TypeAlias = JsonMessage | Response | None
 Handler: TypeAlias = Callable[[Call], HandlerResult | Awaitable[HandlerResult]]
 
 
+CONTROL_PREFIX = "/_emulator/"  # the emulator's own endpoints: not Google's, no credentials
+
+
 @dataclass(frozen=True)
 class Route:
     """`method template -> handler`; `service` (e.g. "run.googleapis.com") gates the route on
     the API being enabled for the `{project}` path variable. Every route requires a valid access
     token (401 otherwise) unless `anonymous`: what Google serves without credentials (the OAuth
-    token endpoint, the metadata server, the certs) and the emulator's own control endpoints."""
+    token endpoint, the metadata server, the certs) and the emulator's own control endpoints
+    (every path under `/_emulator/` is anonymous)."""
 
     method: str
     template: str
@@ -680,6 +684,8 @@ class Route:
     verb: str | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.template.startswith(CONTROL_PREFIX):
+            object.__setattr__(self, "anonymous", True)
         path = self.template
         last = path.rsplit("/", 1)[-1]
         verb = None
