@@ -34,6 +34,7 @@ from tasks.batch.steps import (
     Shard,
     ShardResult,
     build_engine,
+    check_output,
     list_inputs,
     plan_shards,
     process_shard,
@@ -213,11 +214,12 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
         and (params.input.startswith("gs://") or params.output.startswith("gs://"))
         else None
     )
+    output_store = open_store(params.output, gcs)
+    await asyncio.to_thread(check_output, params.input, output_store, run_token)
     target = await asyncio.to_thread(
         resolve_target, params.target, cloud, params.region, params.in_flight or 4
     )
     in_flight = params.in_flight or target.slots
-    output_store = open_store(params.output, gcs)
     files = await asyncio.to_thread(list_inputs, params.input, gcs, output_store.base_uri)
     total_bytes = sum(f.size for f in files)
     ledger = IdLedger()

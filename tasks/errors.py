@@ -144,3 +144,14 @@ def google_errors(action: str, *, requested: int | None = None) -> Iterator[None
         if translated is exc:
             raise
         raise translated from exc
+
+
+# -- the batch (tasks.batch) ------------------------------------------------------------------
+
+
+class BatchError(OllamaCloudRunError):
+    """Base class of the batch's own errors (``tasks.batch``)."""
+
+
+class OutputLocationError(BatchError, ConfigurationError):
+    """The batch's output overlaps its input or cannot be written; found before any prompt."""

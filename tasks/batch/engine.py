@@ -376,7 +376,8 @@ _OPENAI_OPTIONS = {
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible server (``<base>/v1/chat/completions``) through the official client."""
+    """Any OpenAI-compatible server through the official client: ``<base>/v1/chat/completions``,
+    or ``<base>/v1/completions`` for a request whose OpenAI batch line named that url."""
 
     def __init__(
         self,
@@ -420,6 +421,8 @@ class OpenAIBackend:
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": request.format},
             }
+        if request.endpoint == "completions":
+            return await self._complete_text(request, kwargs)
         messages: Any = _messages(request)
         response = await self._client.chat.completions.create(
             model=self.model, messages=messages, **kwargs
@@ -427,11 +430,27 @@ class OpenAIBackend:
         choice = response.choices[0] if response.choices else None
         if choice is None:
             raise IncompleteResponseError("the response has no choices")
-        usage = response.usage
+        return self._completion(
+            choice.message.content, response.model, choice.finish_reason, response.usage
+        )
+
+    async def _complete_text(self, request: PromptRequest, kwargs: dict[str, Any]) -> Completion:
+        """``/v1/completions``: what an OpenAI batch line with that url asked for."""
+        response = await self._client.completions.create(
+            model=self.model, prompt=request.prompt or "", **kwargs
+        )
+        choice = response.choices[0] if response.choices else None
+        if choice is None:
+            raise IncompleteResponseError("the response has no choices")
+        return self._completion(choice.text, response.model, choice.finish_reason, response.usage)
+
+    def _completion(
+        self, text: str | None, model: str | None, finish_reason: str | None, usage: Any
+    ) -> Completion:
         return Completion(
-            text=choice.message.content or "",
-            model=response.model or self.model,
-            done_reason=choice.finish_reason,
+            text=text or "",
+            model=model or self.model,
+            done_reason=finish_reason,
             prompt_eval_count=usage.prompt_tokens if usage else 0,
             eval_count=usage.completion_tokens if usage else 0,
         )

@@ -23,8 +23,9 @@ from tasks.batch.engine import (
     RequestEngine,
 )
 from tasks.batch.inputs import InputFile, iter_lines, parse_line, resolve_inputs
-from tasks.batch.ledger import PRIOR_FAILED, PRIOR_OK, RETRIED, SEEN, IdLedger
+from tasks.batch.ledger import PRIOR_FAILED, PRIOR_OK, RETRIED, SEEN, THIS_RUN, IdLedger
 from tasks.batch.outputs import OutputScan, ShardWriter, retire_superseded_errors, scan_output
+from tasks.batch.preflight import check_no_overlap, probe_output
 from tasks.batch.records import InputProblem, PromptRequest, error_record
 from tasks.batch.stores import ObjectInfo, ObjectStore
 from tasks.batch.target import Target, is_url, lookup_service, url_target
@@ -60,6 +61,20 @@ def resolve_target(
     if cloud is None:
         raise ValueError("a Cloud Run target needs Google Cloud credentials")
     return lookup_service(cloud, region, target)
+
+
+@task(
+    name="check-output",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_retry_google,
+)
+def check_output(input_spec: str, store: ObjectStore, run_token: str) -> None:
+    """Before any prompt: the output does not overlap the input, and objects can be created
+    (and deleted) under it — so an unusable output costs no inference."""
+    check_no_overlap(input_spec, store.base_uri)
+    probe_output(store, run_token)
 
 
 @task(
@@ -128,6 +143,7 @@ def plan_shards(
             if before & PRIOR_FAILED:
                 ledger.add(item.id, RETRIED)
                 stats.retried_errors += 1
+            ledger.note_place(item.file, item.line, THIS_RUN)  # outputs.py, rule 1
             return True
         stats.skipped_bytes += item.size
         return False
