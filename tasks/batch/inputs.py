@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from tasks.batch.records import Endpoint, InputProblem, PromptRequest
 from tasks.batch.stores import GcsStore, LocalStore, ObjectStore, open_store, split_gs_uri
+from tasks.errors import BatchInputError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".txt": "txt"}
 _GLOB_CHARS = "*?["
@@ -78,8 +79,8 @@ def resolve_inputs(
 ) -> list[InputFile]:
     """The files ``spec`` names: one object/file, everything under a prefix/directory, or a glob.
 
-    ``exclude`` (the output location) is never read as input. Raises ValueError when nothing
-    matches or a single named file has an unsupported type.
+    ``exclude`` (the output location) is never read as input. Raises ``BatchInputError`` when
+    nothing matches or a single named file has an unsupported type.
     """
     if spec.startswith("gs://"):
         bucket, path = split_gs_uri(spec)
@@ -87,7 +88,9 @@ def resolve_inputs(
         root = "gs://" + bucket + "/"
     else:
         if "://" in spec:
-            raise ValueError(f"unsupported input {spec!r}: use gs://bucket/path or a local path")
+            raise BatchInputError(
+                f"unsupported input {spec!r}: use gs://bucket/path or a local path"
+            )
         absolute = str(Path(spec).expanduser().absolute())
         base, pattern = split_glob(absolute.lstrip("/"))
         root = "/"
@@ -111,7 +114,7 @@ def resolve_inputs(
         files.append(InputFile(store, info.name, info.size, fmt))
     if not files:
         hint = f" (ignored, unsupported type: {', '.join(skipped[:5])})" if skipped else ""
-        raise ValueError(f"no input files match {spec!r}{hint}; expected {', '.join(FORMATS)}")
+        raise BatchInputError(f"no input files match {spec!r}{hint}; expected {', '.join(FORMATS)}")
     return files
 
 
@@ -127,7 +130,7 @@ def _single_file(root: str, path: str, storage_client: Any) -> InputFile | None:
         return None
     fmt = _format_of(name)
     if fmt is None:
-        raise ValueError(
+        raise BatchInputError(
             f"unsupported input file {store.uri_of(name)!r}; expected {', '.join(FORMATS)}"
         )
     assert isinstance(store, GcsStore | LocalStore)

@@ -16,8 +16,8 @@ from pathlib import Path
 from google.api_core import exceptions as gexc
 
 from tasks.batch.inputs import split_glob
-from tasks.batch.stores import ObjectExistsError, ObjectStore, split_gs_uri
-from tasks.errors import OutputLocationError
+from tasks.batch.stores import ObjectStore, split_gs_uri
+from tasks.errors import ObjectExistsError, OutputLocationError
 
 PROBE_PREFIX = ".write-probe-"
 

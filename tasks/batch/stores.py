@@ -20,12 +20,10 @@ import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 
+from tasks.errors import ConfigurationError, ObjectExistsError
+
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 _GCS_RETRY = Retry(initial=0.5, maximum=10.0, multiplier=2.0, timeout=120.0)
-
-
-class ObjectExistsError(Exception):
-    """``create`` found the name already taken (another run, or an earlier attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +49,10 @@ class ObjectStore(Protocol):
 def split_gs_uri(uri: str) -> tuple[str, str]:
     """``gs://bucket/path`` → ``("bucket", "path")``; a clear error for anything else."""
     if not uri.startswith("gs://"):
-        raise ValueError(f"not a gs:// URI: {uri!r}")
+        raise ConfigurationError(f"not a gs:// URI: {uri!r}")
     bucket, _, path = uri[len("gs://") :].partition("/")
     if not bucket:
-        raise ValueError(f"gs:// URI without a bucket: {uri!r}")
+        raise ConfigurationError(f"gs:// URI without a bucket: {uri!r}")
     return bucket, path
 
 
@@ -179,8 +177,10 @@ def open_store(uri: str, client: storage.Client | None = None) -> GcsStore | Loc
     if uri.startswith("gs://"):
         bucket, prefix = split_gs_uri(uri)
         if client is None:
-            raise ValueError("a gs:// location needs a storage client")
+            raise ConfigurationError("a gs:// location needs a storage client")
         return GcsStore(client, bucket, prefix)
     if "://" in uri:
-        raise ValueError(f"unsupported location {uri!r}: use gs://bucket/path or a local path")
+        raise ConfigurationError(
+            f"unsupported location {uri!r}: use gs://bucket/path or a local path"
+        )
     return LocalStore(Path(uri).expanduser())

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from emulator.ollama.launcher import OllamaServer
 from flows.batch import SUMMARY_KEY, BatchParams, batch_inference
+from tasks.batch.manifest import BatchManifest
 from tasks.batch.outputs import iter_final_records
 from tasks.errors import OutputLocationError
 from tests.batch.conftest import local, read_output, write_prompts
@@ -201,6 +202,8 @@ def test_a_fixed_line_retires_its_old_error_record(
     _run(server, source.parent, tmp_path / "out")
     results, errors = read_output(local(tmp_path / "out"))
     assert errors == [] and sorted(r["id"] for r in results) == ["fixed", "g0", "g1", "g2"]
+    saved = BatchManifest.model_validate_json((tmp_path / "out" / "manifest.json").read_text())
+    assert saved.counts.total == 4 and saved.shards.retired_error_shards and saved.uri is None
 
 
 def test_openai_lines_go_to_the_endpoint_their_url_names(

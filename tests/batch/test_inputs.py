@@ -11,9 +11,9 @@ import pytest
 
 from tasks.batch.inputs import InputFile, iter_lines, parse_line, resolve_inputs
 from tasks.batch.ledger import IdLedger
+from tasks.batch.plan import PlanStats, plan_shards
 from tasks.batch.preflight import check_no_overlap, probe_output
 from tasks.batch.records import InputProblem, PromptRequest
-from tasks.batch.steps import PlanStats, plan_shards
 from tasks.batch.stores import LocalStore
 from tasks.errors import OutputLocationError
 

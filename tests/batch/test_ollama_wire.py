@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from emulator.ollama.launcher import OllamaServer
-from tasks.batch.engine import OllamaBackend, OpenAIBackend, is_transient
+from tasks.batch.backends import OllamaBackend, OpenAIBackend
+from tasks.batch.engine import is_transient
 from tasks.batch.records import Completion, PromptRequest
 
 GENERATE = PromptRequest(
@@ -208,7 +209,7 @@ def test_the_backend_keeps_one_session_with_keep_alive(sim_ollama: OllamaServer)
 
 
 def test_the_proxy_variables_are_honoured_and_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.batch.engine import _env_proxy
+    from tasks.batch.backends import _env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

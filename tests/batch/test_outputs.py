@@ -18,7 +18,8 @@ from tasks.batch.outputs import (
     retire_superseded_errors,
     scan_output,
 )
-from tasks.batch.stores import LocalStore, ObjectExistsError
+from tasks.batch.stores import LocalStore
+from tasks.errors import ObjectExistsError
 
 
 def test_local_create_never_overwrites_and_leaves_no_temp_files(tmp_path: Path) -> None:
