@@ -1,5 +1,7 @@
-"""The run's memory of ids: what earlier runs wrote and what this run has seen — and, per input
-location (file, line), the newest shard holding a record from it (``tasks.batch.outputs`` rule 1).
+"""The run's memory of ids: what earlier runs wrote and what this run has seen — and, for the
+input lines that have an error record under a derived id, the newest shard holding a record from
+that line (``tasks.batch.outputs`` rule 1). Such lines are rare (lines that could not be parsed),
+so without them the ledger does no per-line work at all.
 
 A private temporary SQLite database (stdlib; SQLite deletes it when closed, and the OS when the
 process dies) holding a 16-byte digest per id, so the heap stays flat however many ids a batch
@@ -35,6 +37,7 @@ class IdLedger:
             "CREATE TABLE ids (key BLOB PRIMARY KEY, state INTEGER NOT NULL) WITHOUT ROWID;"
             "CREATE TABLE places (key BLOB PRIMARY KEY, newest TEXT NOT NULL) WITHOUT ROWID;"
         )
+        self.places = False  # some line is followed (note_place)
 
     def close(self) -> None:
         self._db.close()
@@ -63,12 +66,22 @@ class IdLedger:
         return int(row[0])
 
     def note_place(self, file: str, line: int, order: str) -> None:
-        """A record from ``file``:``line`` is in the shard of ``order`` (``THIS_RUN``: this run)."""
+        """Follow ``file``:``line`` (it has a derived-id error record in the shard of ``order``)."""
+        self.places = True
         self._db.execute(
             "INSERT INTO places VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET newest = max(newest, excluded.newest)",
             (_place(file, line), order),
         )
+
+    def touch_place(self, file: str, line: int, order: str) -> None:
+        """A record from ``file``:``line`` is in the shard of ``order`` (``THIS_RUN``: this run's);
+        noted only for a followed line."""
+        if self.places:
+            self._db.execute(
+                "UPDATE places SET newest = max(newest, ?) WHERE key = ?",
+                (order, _place(file, line)),
+            )
 
     def newest_at(self, file: str, line: int) -> str | None:
         """The order of the newest shard holding a record from ``file``:``line``."""

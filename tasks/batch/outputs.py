@@ -117,15 +117,20 @@ class OutputScan:
 
 
 def scan_output(store: ObjectStore, ledger: IdLedger) -> OutputScan:
-    """Record in ``ledger`` every id the output already holds, and the newest shard per line."""
+    """Record in ``ledger`` every id the output already holds, and for each line with a
+    derived-id error record the newest shard holding a record from that line (rule 1)."""
     results, errors = list_shards(store, RESULTS), list_shards(store, ERRORS)
-    for shards, bit in ((results, PRIOR_OK), (errors, PRIOR_FAILED)):
+    # Errors first, oldest shard first: a line is followed from its derived-id error on, and
+    # every later record from it (error or result) is noted.
+    for shards, bit in ((errors, PRIOR_FAILED), (results, PRIOR_OK)):
         for shard in shards:
             order = shard_order(shard.name)
             for record in iter_shard_records(store, shard.name):
                 ledger.add(record["id"], bit)
-                if (place := _place(record)) is not None:
+                if bit == PRIOR_FAILED and (place := derived_place(record)) is not None:
                     ledger.note_place(*place, order)
+                elif (place := _place(record)) is not None:
+                    ledger.touch_place(*place, order)
     return OutputScan(
         results,
         errors,

@@ -59,7 +59,7 @@ def plan_shards(
             if before & PRIOR_FAILED:
                 ledger.add(item.id, RETRIED)
                 stats.retried_errors += 1
-            ledger.note_place(item.file, item.line, THIS_RUN)  # outputs.py, rule 1
+            ledger.touch_place(item.file, item.line, THIS_RUN)  # outputs.py, rule 1
             return True
         stats.skipped_bytes += item.size
         return False
