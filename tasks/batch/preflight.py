@@ -17,9 +17,12 @@ from google.api_core import exceptions as gexc
 
 from tasks.batch.inputs import split_glob
 from tasks.batch.stores import ObjectStore, split_gs_uri
-from tasks.errors import ObjectExistsError, OutputLocationError
+from tasks.errors import OllamaCloudRunError, OutputLocationError
+from tasks.retries import is_transient
 
 PROBE_PREFIX = ".write-probe-"
+# Local file errors, Google's 4xx, and ours (AccessDeniedError from the boundary, ObjectExists).
+_CANNOT = (OSError, gexc.ClientError, OllamaCloudRunError)
 
 
 def _location(uri: str) -> tuple[str, ...]:
@@ -51,17 +54,22 @@ def check_no_overlap(input_spec: str, output: str) -> None:
 
 def probe_output(store: ObjectStore, token: str) -> None:
     """Create and delete one probe object under the output; ``OutputLocationError`` if either
-    fails for a reason retrying cannot fix (Google's transient errors pass through)."""
+    fails for a reason retrying cannot fix (transient errors pass through to the task's retries).
+    """
     name = PROBE_PREFIX + token
     try:
         store.create(name, b"")
-    except (OSError, gexc.ClientError, ObjectExistsError) as exc:
+    except _CANNOT as exc:
+        if is_transient(exc):
+            raise
         raise OutputLocationError(
             f"cannot create objects under the output {store.base_uri}: {exc}"
         ) from exc
     try:
         store.delete(name)
-    except (OSError, gexc.ClientError) as exc:
+    except _CANNOT as exc:
+        if is_transient(exc):
+            raise
         raise OutputLocationError(
             f"can create but not delete objects under the output {store.base_uri} (the batch "
             f"deletes superseded error shards; remove {store.uri_of(name)} by hand): {exc}"

@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 import httpx
-from google.api_core import exceptions as gexc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -24,26 +23,16 @@ from tasks.batch.target import Target, is_url, lookup_service, url_target
 from tasks.clients import GoogleCloud
 from tasks.errors import ConfigurationError
 from tasks.id_tokens import GoogleIdTokenAuth
+from tasks.retries import retry_transient
 
 CONNECT_TIMEOUT_SECONDS = 10.0
-_GOOGLE_TRANSIENT = (gexc.TooManyRequests, gexc.ServiceUnavailable, gexc.InternalServerError)
-
-
-def _retry_google(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except _GOOGLE_TRANSIENT:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 @task(
     name="resolve-target",
     retries=3,
     retry_delay_seconds=[1, 2, 4],
-    retry_condition_fn=_retry_google,
+    retry_condition_fn=retry_transient,
 )
 def resolve_target(
     target: str, cloud: GoogleCloud | None, region: str, default_concurrency: int
@@ -61,7 +50,7 @@ def resolve_target(
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_google,
+    retry_condition_fn=retry_transient,
 )
 def check_output(input_spec: str, store: ObjectStore, run_token: str) -> None:
     """Before any prompt: the output does not overlap the input, and objects can be created
@@ -75,7 +64,7 @@ def check_output(input_spec: str, store: ObjectStore, run_token: str) -> None:
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_google,
+    retry_condition_fn=retry_transient,
 )
 def list_inputs(spec: str, storage_client: Any, exclude: str) -> list[InputFile]:
     return resolve_inputs(spec, storage_client, exclude=exclude)
@@ -86,7 +75,7 @@ def list_inputs(spec: str, storage_client: Any, exclude: str) -> list[InputFile]
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_google,
+    retry_condition_fn=retry_transient,
 )
 def scan_existing_output(store: ObjectStore, ledger: IdLedger) -> OutputScan:
     """Read what earlier runs wrote, so this run skips it (exactly once, resumable)."""
@@ -98,7 +87,7 @@ def scan_existing_output(store: ObjectStore, ledger: IdLedger) -> OutputScan:
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_google,
+    retry_condition_fn=retry_transient,
 )
 def retire_errors(
     store: ObjectStore, prior_error_shards: list[ObjectInfo], ledger: IdLedger

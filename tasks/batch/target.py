@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from google.cloud import run_v2
 
 from tasks.clients import GoogleCloud, run_services_client
-from tasks.errors import ConfigurationError, ServiceNotReadyError
+from tasks.errors import ConfigurationError, ServiceNotReadyError, google_errors
 
 SERVICE_ID_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 CLOUD_RUN_DEFAULT_CONCURRENCY = 80  # Cloud Run's default when the template leaves it 0
@@ -98,7 +98,9 @@ def lookup_service(cloud: GoogleCloud, region: str, name: str) -> Target:
             "(lowercase letters, digits and '-', starting with a letter, at most 49 characters)"
         )
     client = run_services_client(cloud)
-    service = client.get_service(name=client.service_path(cloud.project, region, name), timeout=30)
+    with google_errors(f"read the Cloud Run service {name} in {region}"):
+        path = client.service_path(cloud.project, region, name)
+        service = client.get_service(name=path, timeout=30)
     return target_from_service(service)
 
 
