@@ -109,8 +109,22 @@ def _option_type(annotation: Any) -> tuple[Any, str]:
 
 
 def _fields(fn: Callable[..., Any]) -> list[tuple[str, Any, Any, str, str | None]]:
-    """(name, annotation, default, description, model-parameter) for every CLI option."""
+    """(name, annotation, default, description, model-parameter) for every CLI option.
+
+    A field that is itself a model (a sub-model) gives one flat option per field of its own; its
+    model-parameter is then dotted (``params.engine``), so the value lands in the sub-model.
+    """
     from pydantic import BaseModel
+
+    def model_fields(model: type[BaseModel], path: str) -> list[tuple[str, Any, Any, str, str]]:
+        leaves = []
+        for name, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                leaves += model_fields(field.annotation, f"{path}.{name}")
+                continue
+            default = ... if field.is_required() else field.get_default(call_default_factory=True)
+            leaves.append((name, field.annotation, default, field.description or "", path))
+        return leaves
 
     hints = inspect.get_annotations(getattr(fn, "fn", fn), eval_str=True)
     found: list[tuple[str, Any, Any, str, str | None]] = []
@@ -118,11 +132,7 @@ def _fields(fn: Callable[..., Any]) -> list[tuple[str, Any, Any, str, str | None
         annotation = hints.get(pname, str)
         model = _model_type(annotation)
         if model is not None and issubclass(model, BaseModel):
-            for name, field in model.model_fields.items():
-                default = (
-                    ... if field.is_required() else field.get_default(call_default_factory=True)
-                )
-                found.append((name, field.annotation, default, field.description or "", pname))
+            found += model_fields(model, pname)
         else:
             default = ... if param.default is inspect.Parameter.empty else param.default
             found.append((pname, annotation, default, "", None))
@@ -200,15 +210,22 @@ def make_command(command: str, fn: Callable[..., Any]) -> Callable[..., None]:
             if model_param is None:
                 kwargs[name] = value
             else:
-                models.setdefault(model_param, {})[name] = value
+                top, *subs = model_param.split(".")
+                values = models.setdefault(top, {})
+                for sub in subs:
+                    values = values.setdefault(sub, {})
+                values[name] = value
         hints = inspect.get_annotations(getattr(fn, "fn", fn), eval_str=True)
+        sub_models = {p for f in fields if f[4] for p in f[4].split(".")[1:]}
         try:
-            for pname in {f[4] for f in fields if f[4] is not None}:
+            for pname in {f[4].split(".")[0] for f in fields if f[4] is not None}:
                 model: type[BaseModel] = _model_type(hints[pname])
                 kwargs[pname] = model.model_validate(models.get(pname, {}))
         except ValidationError as exc:
             errors = "; ".join(
-                f"--{'.'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+                "--"
+                + ".".join(str(p) for p in e["loc"] if p not in sub_models).replace("_", "-")
+                + f": {e['msg']}"
                 if e["loc"]
                 else str(e["msg"])
                 for e in exc.errors()

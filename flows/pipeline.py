@@ -31,45 +31,29 @@ from prefect.runtime import flow_run as current_run
 from prefect.settings import PREFECT_UI_URL
 from pydantic import Field, model_validator
 
-from flows.batch import BatchParams, batch_inference
+from flows.batch import batch_inference
 from flows.deploy import DeployParameters, deploy
 from flows.teardown import TeardownParameters, teardown
+from tasks.batch.manifest import BatchManifest
+from tasks.batch.params import BatchParams, BatchSettings
 
 PIPELINE_FLOW_NAME = "pipeline"
 
 
-class PipelineParameters(DeployParameters):
-    """The deploy parameters (the tutorial's defaults) plus where the prompts and results are."""
+class PipelineParameters(DeployParameters, BatchSettings):
+    """The deploy parameters (the tutorial's defaults), the batch settings (where the prompts and
+    results are, how they are sent) and whether the run owns its service."""
 
-    input: str = Field(
-        min_length=1,
-        description="Prompts: gs://bucket/path or a local path; one file, a prefix or a glob "
-        "(JSONL with prompt or messages, OpenAI batch lines, or .txt).",
-    )
-    output: str = Field(
-        min_length=1, description="Results prefix: gs://bucket/path or a local directory."
-    )
     teardown: bool = Field(
         True,
         description="Delete the service, images, staging objects and service account at the "
         "end (and, through the automation, after a failure or crash). False keeps a long-lived "
         "service.",
     )
-    in_flight: int | None = Field(
-        None,
-        ge=1,
-        le=4096,
-        description="Batch requests in flight; default max instances × concurrency.",
-    )
-    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Prompts per shard task.")
-    max_retries: int = Field(
-        5, ge=0, le=50, description="Retries of a transient failure per prompt."
-    )
-    retry_errors: bool = Field(False, description="Send ids that have an error record again.")
 
     @model_validator(mode="after")
     def _batch_is_valid(self) -> Self:
-        self.batch_parameters()  # input/output rules live in BatchParams: fail before any call
+        self.batch_parameters()  # the batch's own rules (e.g. its target): fail before any call
         return self
 
     def deploy_parameters(self) -> DeployParameters:
@@ -78,19 +62,15 @@ class PipelineParameters(DeployParameters):
         )
 
     def batch_parameters(self) -> BatchParams:
+        """The batch settings as given, sent to the service this pipeline deploys."""
         return BatchParams.model_validate(
             {
-                "input": self.input,
-                "output": self.output,
+                **{k: getattr(self, k) for k in BatchSettings.model_fields},
                 "target": self.service,
                 "model": self.model,
                 "project": self.project,
                 "region": self.region,
                 "credentials_block": self.credentials_block,
-                "in_flight": self.in_flight,
-                "shard_size": self.shard_size,
-                "max_retries": self.max_retries,
-                "retry_errors": self.retry_errors,
             }
         )
 
@@ -206,14 +186,14 @@ async def pipeline(params: PipelineParameters) -> dict[str, Any]:
         deployed = await asyncio.to_thread(deploy, params.deploy_parameters())
         result["uri"] = deployed.get("uri")
         result["revision"] = deployed.get("revision")
-        manifest = await batch_inference(params.batch_parameters())
+        manifest = BatchManifest.model_validate(await batch_inference(params.batch_parameters()))
         result["batch"] = {
-            "output": manifest.get("output"),
-            "manifest": manifest.get("uri"),
-            "counts": manifest.get("counts"),
-            "tokens": manifest.get("tokens"),
-            "model": manifest.get("model"),
-            "service": manifest.get("service"),
+            "output": manifest.output,
+            "manifest": manifest.uri,
+            "counts": manifest.counts.model_dump(),
+            "tokens": manifest.tokens.model_dump(),
+            "model": manifest.model,
+            "service": manifest.service.model_dump(),
         }
     finally:
         if params.teardown:

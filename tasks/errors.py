@@ -144,3 +144,37 @@ def google_errors(action: str, *, requested: int | None = None) -> Iterator[None
         if translated is exc:
             raise
         raise translated from exc
+
+
+# -- the batch (tasks.batch) ------------------------------------------------------------------
+
+
+class BatchError(OllamaCloudRunError):
+    """Base class of the batch's own errors (``tasks.batch``)::
+
+        BatchError
+        ├── BatchInputError          the input cannot be read as prompts (also ConfigurationError)
+        ├── OutputLocationError      the output overlaps the input or cannot be written (also
+        │                            ConfigurationError); found before any prompt is sent
+        ├── ObjectExistsError        a create-only write found its name taken
+        └── IncompleteResponseError  a response ended before its final part (transient)
+
+    A bad input *line* is no exception: it becomes an error record (``tasks.batch.records``).
+    """
+
+
+class BatchInputError(BatchError, ConfigurationError):
+    """The batch's input location names nothing readable: unsupported scheme or file type, or no
+    file matches."""
+
+
+class OutputLocationError(BatchError, ConfigurationError):
+    """The batch's output overlaps its input or cannot be written; found before any prompt."""
+
+
+class ObjectExistsError(BatchError):
+    """A create-only write found the name already taken (another run, or an earlier attempt)."""
+
+
+class IncompleteResponseError(BatchError):
+    """A response ended before its final part (a stream cut short, no choices): retried."""

@@ -1,4 +1,4 @@
-"""The async request engine: one HTTP client with keep-alive, an adaptive in-flight limit, retries.
+"""The async request engine: an adaptive in-flight limit and retries around one backend.
 
 - ``AdaptiveLimiter`` (AIMD, written here in ~40 lines because no maintained asyncio library on
   PyPI adapts a concurrency limit): at most ``limit`` requests in flight; a 429/503 halves the
@@ -8,30 +8,25 @@
   connection errors/resets, timeouts and an error line mid-stream (``ResponseError`` status -1)
   are retried; 400, 404 and anything else are not. A request holds no in-flight slot while it
   backs off, so the other prompts keep every slot busy.
-- Backends: ``OllamaBackend`` (Ollama's native API over aiohttp; generate or chat, streamed or not)
-  and ``OpenAIBackend`` (the official ``openai.AsyncOpenAI``, chat completions). Both take
-  ``GoogleIdTokenAuth`` so ID tokens refresh however long the run.
+- Backends (``tasks.batch.backends``): Ollama's native API over aiohttp, or the official
+  ``openai.AsyncOpenAI``; both take ``GoogleIdTokenAuth`` so ID tokens refresh however long the run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any
 
 import aiohttp
-import certifi
 import httpx
 import ollama
 import openai
-from aiohttp.helpers import get_env_proxy_for_url
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -39,23 +34,13 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
-from yarl import URL
 
-from tasks.batch.records import (
-    Completion,
-    PromptRequest,
-    error_record,
-    redact,
-    result_record,
-)
+from tasks.batch.backends import Backend
+from tasks.batch.records import Completion, PromptRequest, error_record, redact, result_record
+from tasks.errors import IncompleteResponseError
 
-USER_AGENT = "ollama-cloudrun-batch"
 RETRYABLE_STATUS = frozenset({-1, 408, 429, 500, 502, 503, 504})
 OVERLOAD_STATUS = frozenset({429, 503})
-
-
-class IncompleteResponseError(Exception):
-    """The stream ended without its final ``done`` chunk (the connection was cut)."""
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -198,243 +183,6 @@ class LatencyHistogram:
             if seen >= rank:
                 return math.exp((bucket + 0.5) * self._RATIO)
         raise AssertionError("unreachable")
-
-
-class Backend(Protocol):
-    async def complete(self, request: PromptRequest) -> Completion: ...
-    async def aclose(self) -> None: ...
-
-
-def _messages(request: PromptRequest) -> list[dict[str, Any]]:
-    messages = [dict(m) for m in request.messages or ()]
-    if request.prompt is not None:
-        messages = [{"role": "user", "content": request.prompt}]
-    if request.system and not any(m.get("role") == "system" for m in messages):
-        messages.insert(0, {"role": "system", "content": request.system})
-    return messages
-
-
-class TokenSource(Protocol):
-    """Bearer tokens for every request (``tasks.id_tokens.GoogleIdTokenAuth``)."""
-
-    async def aget_token(self) -> str: ...
-    async def arefresh(self, rejected: str) -> str: ...
-
-
-class OllamaBackend:
-    """Ollama's native API, ``/api/generate`` or ``/api/chat``, over one aiohttp session.
-
-    aiohttp rather than the official client (httpx): a third of the client CPU per request (1.0
-    against 3.2 ms in tests/bench/bench_batch.py), which is what keeps every slot busy when the
-    client shares its cores. The wire and the errors are the official client's: the same JSON
-    bodies, ``ollama.ResponseError`` with the HTTP status (-1 for an error line mid-stream), and
-    a ``ConnectionError`` when nothing answers. A 401 fetches a new token once and sends again.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        model: str,
-        *,
-        connect_timeout_seconds: float,
-        read_timeout_seconds: float,
-        tokens: TokenSource | None,
-        max_connections: int,
-        stream: bool = False,
-    ) -> None:
-        self.model = model
-        self.stream = stream
-        self._base = host.rstrip("/")
-        self._tokens = tokens
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout_seconds, sock_read=read_timeout_seconds
-        )
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        # Made on first use: an aiohttp session belongs to the running event loop.
-        if self._session is None:
-            # certifi's CAs and the proxy variables, as httpx (and so the official client) uses.
-            tls = ssl.create_default_context(cafile=certifi.where())
-            proxy, proxy_auth = _env_proxy(self._base)
-            self._session = aiohttp.ClientSession(
-                proxy=proxy,
-                proxy_auth=proxy_auth,
-                connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, limit_per_host=0, ssl=tls
-                ),
-                timeout=self._timeout,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                read_bufsize=1 << 20,  # one streamed line must fit (a token, or a final chunk)
-                raise_for_status=False,
-            )
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _body(self, request: PromptRequest) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {"model": self.model, "stream": self.stream}
-        if request.messages is None:
-            path = "/api/generate"
-            body["prompt"] = request.prompt or ""
-            if request.system is not None:
-                body["system"] = request.system
-        else:
-            path = "/api/chat"
-            body["messages"] = _messages(request)
-        if request.options is not None:
-            body["options"] = request.options
-        if request.format is not None:
-            body["format"] = request.format
-        return path, body
-
-    async def complete(self, request: PromptRequest) -> Completion:
-        path, body = self._body(request)
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"}
-        token = await self._tokens.aget_token() if self._tokens is not None else None
-        for attempt in (1, 2):
-            if token is not None:
-                headers["Authorization"] = f"Bearer {token}"
-            try:
-                async with self._open().post(
-                    self._base + path, data=payload, headers=headers
-                ) as response:
-                    if response.status == 401 and token is not None and attempt == 1:
-                        await response.read()  # keep the connection for the next request
-                        assert self._tokens is not None
-                        token = await self._tokens.arefresh(token)
-                        continue
-                    if response.status >= 400:
-                        text = (await response.read()).decode("utf-8", "replace")
-                        raise ollama.ResponseError(text or response.reason or "", response.status)
-                    chat = request.messages is not None
-                    if self.stream:
-                        return await self._read_stream(response, chat=chat)
-                    body = json.loads(await response.read())
-                    return self._completion(body, _text(body, chat))
-            except aiohttp.ClientConnectorError:
-                raise ConnectionError(f"cannot connect to {self._base}") from None
-        raise AssertionError("unreachable")
-
-    async def _read_stream(self, response: aiohttp.ClientResponse, *, chat: bool) -> Completion:
-        parts: list[str] = []
-        async for line in response.content:
-            if not line.strip():
-                continue
-            chunk = json.loads(line)
-            if error := chunk.get("error"):
-                raise ollama.ResponseError(str(error))  # status -1: the official client's too
-            parts.append(_text(chunk, chat))
-            if chunk.get("done"):
-                return self._completion(chunk, "".join(parts))
-        raise IncompleteResponseError("the stream ended before its final chunk")
-
-    def _completion(self, body: dict[str, Any], text: str) -> Completion:
-        if error := body.get("error"):
-            raise ollama.ResponseError(str(error))
-        return Completion(
-            text=text,
-            model=body.get("model") or self.model,
-            done_reason=body.get("done_reason"),
-            prompt_eval_count=body.get("prompt_eval_count") or 0,
-            eval_count=body.get("eval_count") or 0,
-            total_duration=body.get("total_duration"),
-            load_duration=body.get("load_duration"),
-            prompt_eval_duration=body.get("prompt_eval_duration"),
-            eval_duration=body.get("eval_duration"),
-        )
-
-
-def _env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """``HTTP(S)_PROXY``/``NO_PROXY`` for ``url``, read once: aiohttp's ``trust_env`` reads them
-    for every request, which doubles the client's CPU per prompt."""
-    try:
-        return get_env_proxy_for_url(URL(url))
-    except LookupError:
-        return None, None
-
-
-def _text(chunk: dict[str, Any], chat: bool) -> str:
-    if chat:
-        return str((chunk.get("message") or {}).get("content") or "")
-    return str(chunk.get("response") or "")
-
-
-_OPENAI_OPTIONS = {
-    "num_predict": "max_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "stop": "stop",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-}
-
-
-class OpenAIBackend:
-    """Any OpenAI-compatible server (``<base>/v1/chat/completions``) through the official client."""
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key: str,
-        timeout: httpx.Timeout,
-        auth: httpx.Auth | None,
-        max_connections: int,
-    ) -> None:
-        self.model = model
-        self._http = httpx.AsyncClient(
-            auth=auth,
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
-        self._client = openai.AsyncOpenAI(  # accepts an httpx (or its own httpx2) client
-            base_url=base_url,
-            api_key=api_key,
-            max_retries=0,
-            timeout=cast(Any, timeout),
-            http_client=cast(Any, self._http),
-        )
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    async def complete(self, request: PromptRequest) -> Completion:
-        kwargs: dict[str, Any] = {
-            _OPENAI_OPTIONS[k]: v
-            for k, v in (request.options or {}).items()
-            if k in _OPENAI_OPTIONS
-        }
-        if request.format == "json":
-            kwargs["response_format"] = {"type": "json_object"}
-        elif isinstance(request.format, dict):
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": request.format},
-            }
-        messages: Any = _messages(request)
-        response = await self._client.chat.completions.create(
-            model=self.model, messages=messages, **kwargs
-        )
-        choice = response.choices[0] if response.choices else None
-        if choice is None:
-            raise IncompleteResponseError("the response has no choices")
-        usage = response.usage
-        return Completion(
-            text=choice.message.content or "",
-            model=response.model or self.model,
-            done_reason=choice.finish_reason,
-            prompt_eval_count=usage.prompt_tokens if usage else 0,
-            eval_count=usage.completion_tokens if usage else 0,
-        )
 
 
 @dataclass

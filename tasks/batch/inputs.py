@@ -3,7 +3,10 @@
 Accepted files: ``.jsonl``/``.ndjson``/``.json`` (one JSON object a line) and ``.txt`` (one prompt
 a line). A JSONL line is either Ollama-style — ``prompt`` (generate) or ``messages`` (chat), with
 optional ``id``, ``system``, ``options``, ``format`` — or an OpenAI batch line (``custom_id``,
-``body`` with ``messages`` or ``prompt``; ``body.model`` is ignored, the batch's model is used).
+``body`` with ``messages`` or ``prompt``; ``body.model`` is ignored, the batch's model is used):
+its ``method`` and ``url``, when given, must be ``POST`` and ``/v1/chat/completions`` (``messages``)
+or ``/v1/completions`` (``prompt``), and the request goes to the matching endpoint.
+A leading UTF-8 byte order mark is not part of the first line.
 
 Ids: ``id``/``custom_id`` when given; otherwise ``<file key>:<line number>``, where the file key is
 the file's path relative to the input's directory (the prefix, the glob's fixed part, or the
@@ -14,6 +17,7 @@ Blank lines are counted and skipped. Everything else that cannot be sent becomes
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import json
 from collections.abc import Iterator
@@ -21,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tasks.batch.records import InputProblem, PromptRequest
+from tasks.batch.records import Endpoint, InputProblem, PromptRequest
 from tasks.batch.stores import GcsStore, LocalStore, ObjectStore, open_store, split_gs_uri
+from tasks.errors import BatchInputError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".txt": "txt"}
 _GLOB_CHARS = "*?["
@@ -59,7 +64,7 @@ def _format_of(name: str) -> str | None:
     return FORMATS.get(Path(name).suffix.lower())
 
 
-def _split_glob(path: str) -> tuple[str, str | None]:
+def split_glob(path: str) -> tuple[str, str | None]:
     """``a/b/*.jsonl`` → (``a/b/``, ``*.jsonl``); no glob → (path, None)."""
     parts = path.split("/")
     for index, part in enumerate(parts):
@@ -74,18 +79,20 @@ def resolve_inputs(
 ) -> list[InputFile]:
     """The files ``spec`` names: one object/file, everything under a prefix/directory, or a glob.
 
-    ``exclude`` (the output location) is never read as input. Raises ValueError when nothing
-    matches or a single named file has an unsupported type.
+    ``exclude`` (the output location) is never read as input. Raises ``BatchInputError`` when
+    nothing matches or a single named file has an unsupported type.
     """
     if spec.startswith("gs://"):
         bucket, path = split_gs_uri(spec)
-        base, pattern = _split_glob(path)
+        base, pattern = split_glob(path)
         root = "gs://" + bucket + "/"
     else:
         if "://" in spec:
-            raise ValueError(f"unsupported input {spec!r}: use gs://bucket/path or a local path")
+            raise BatchInputError(
+                f"unsupported input {spec!r}: use gs://bucket/path or a local path"
+            )
         absolute = str(Path(spec).expanduser().absolute())
-        base, pattern = _split_glob(absolute.lstrip("/"))
+        base, pattern = split_glob(absolute.lstrip("/"))
         root = "/"
     files: list[InputFile] = []
     if pattern is None:
@@ -107,7 +114,7 @@ def resolve_inputs(
         files.append(InputFile(store, info.name, info.size, fmt))
     if not files:
         hint = f" (ignored, unsupported type: {', '.join(skipped[:5])})" if skipped else ""
-        raise ValueError(f"no input files match {spec!r}{hint}; expected {', '.join(FORMATS)}")
+        raise BatchInputError(f"no input files match {spec!r}{hint}; expected {', '.join(FORMATS)}")
     return files
 
 
@@ -123,7 +130,7 @@ def _single_file(root: str, path: str, storage_client: Any) -> InputFile | None:
         return None
     fmt = _format_of(name)
     if fmt is None:
-        raise ValueError(
+        raise BatchInputError(
             f"unsupported input file {store.uri_of(name)!r}; expected {', '.join(FORMATS)}"
         )
     assert isinstance(store, GcsStore | LocalStore)
@@ -181,6 +188,8 @@ def parse_line(
 
     if raw is None:
         return problem(f"line longer than {max_line_bytes} bytes (oversized line)")
+    if line == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -228,17 +237,48 @@ def _request_from_object(
         body = obj.get("body")
         if not isinstance(body, dict):
             raise _BadLine("OpenAI batch line without an object 'body'", id_)
+        endpoint = _openai_endpoint(obj, body, id_)
         options = {o: body[k] for k, o in _OPENAI_OPTIONS.items() if body.get(k) is not None}
         fields: dict[str, Any] = {
             "prompt": body.get("prompt"),
             "messages": body.get("messages"),
             "options": options or None,
             "format": _format_from_response_format(body.get("response_format"), id_),
+            "endpoint": endpoint,
         }
     else:
         id_ = _id_of(obj, "id")
         fields = {k: obj.get(k) for k in ("prompt", "messages", "system", "options", "format")}
     return _validated(fields, id_ or derived_id(file, line), file, line, size, id_)
+
+
+# The OpenAI batch endpoints a line may name, and the body field each one takes.
+OPENAI_ENDPOINTS: dict[str, tuple[Endpoint, str]] = {
+    "/v1/chat/completions": ("chat", "messages"),
+    "/v1/completions": ("completions", "prompt"),
+}
+
+
+def _openai_endpoint(obj: dict[str, Any], body: dict[str, Any], id_: str | None) -> Endpoint | None:
+    """``chat`` or ``completions`` as the line's ``method``/``url`` ask; None when it names none."""
+    method, url = obj.get("method"), obj.get("url")
+    if method is None and url is None:
+        return None
+    known = OPENAI_ENDPOINTS.get(url) if isinstance(url, str) else None
+    wrong_method = method is not None and (not isinstance(method, str) or method.upper() != "POST")
+    if known is None or wrong_method:
+        raise _BadLine(
+            f"unsupported OpenAI batch request {method or 'POST'} {url}: only POST "
+            f"{' and POST '.join(OPENAI_ENDPOINTS)} can be sent",
+            id_,
+        )
+    endpoint, takes = known
+    other = "prompt" if takes == "messages" else "messages"
+    if body.get(other) is not None:
+        raise _BadLine(f"{url} takes '{takes}', not '{other}'", id_)
+    if endpoint == "completions" and body.get("response_format") is not None:
+        raise _BadLine(f"{url} takes no 'response_format'", id_)
+    return endpoint
 
 
 def _format_from_response_format(value: Any, id_: str | None) -> str | dict[str, Any] | None:
@@ -292,4 +332,5 @@ def _validated(
         system=system,
         options=options,
         format=fmt or None,
+        endpoint=fields.get("endpoint"),
     )

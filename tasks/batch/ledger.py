@@ -1,4 +1,7 @@
-"""The run's memory of ids: what earlier runs wrote and what this run has seen.
+"""The run's memory of ids: what earlier runs wrote and what this run has seen — and, for the
+input lines that have an error record under a derived id, the newest shard holding a record from
+that line (``tasks.batch.outputs`` rule 1). Such lines are rare (lines that could not be parsed),
+so without them the ledger does no per-line work at all.
 
 A private temporary SQLite database (stdlib; SQLite deletes it when closed, and the OS when the
 process dies) holding a 16-byte digest per id, so the heap stays flat however many ids a batch
@@ -14,10 +17,15 @@ PRIOR_OK = 1  # a result record exists in the output
 PRIOR_FAILED = 2  # an error record exists in the output
 SEEN = 4  # this run met the id in the input
 RETRIED = 8  # this run sends the id again although an earlier run wrote an error record for it
+THIS_RUN = "\uffff"  # the shard order of this run's records: newer than every written shard
 
 
 def _key(id_: str) -> bytes:
     return hashlib.blake2b(id_.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _place(file: str, line: int) -> bytes:
+    return _key(f"{line}\0{file}")
 
 
 class IdLedger:
@@ -27,7 +35,9 @@ class IdLedger:
         self._db.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2048;"
             "CREATE TABLE ids (key BLOB PRIMARY KEY, state INTEGER NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE places (key BLOB PRIMARY KEY, newest TEXT NOT NULL) WITHOUT ROWID;"
         )
+        self.places = False  # some line is followed (note_place)
 
     def close(self) -> None:
         self._db.close()
@@ -54,3 +64,28 @@ class IdLedger:
             "SELECT COUNT(*) FROM ids WHERE state & ? = ? AND state & ? = 0", (bits, bits, without)
         ).fetchone()
         return int(row[0])
+
+    def note_place(self, file: str, line: int, order: str) -> None:
+        """Follow ``file``:``line`` (it has a derived-id error record in the shard of ``order``)."""
+        self.places = True
+        self._db.execute(
+            "INSERT INTO places VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET newest = max(newest, excluded.newest)",
+            (_place(file, line), order),
+        )
+
+    def touch_place(self, file: str, line: int, order: str) -> None:
+        """A record from ``file``:``line`` is in the shard of ``order`` (``THIS_RUN``: this run's);
+        noted only for a followed line."""
+        if self.places:
+            self._db.execute(
+                "UPDATE places SET newest = max(newest, ?) WHERE key = ?",
+                (order, _place(file, line)),
+            )
+
+    def newest_at(self, file: str, line: int) -> str | None:
+        """The order of the newest shard holding a record from ``file``:``line``."""
+        row = self._db.execute(
+            "SELECT newest FROM places WHERE key = ?", (_place(file, line),)
+        ).fetchone()
+        return str(row[0]) if row else None

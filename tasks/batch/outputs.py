@@ -9,17 +9,21 @@ Layout::
 ``<run>`` is ``<UTC start time>-<random hex>``, so names sort by run and never collide; every
 shard is created once (``if_generation_match=0`` / exclusive create) and never rewritten.
 
-Reconciliation — how the output means "every id exactly once":
+Reconciliation — how the output means "every id exactly once" and "every input line once":
 
 1. An id's record is its result record if one exists (a success is final: it is never sent
-   again); otherwise its newest error record (greatest shard name).
+   again); otherwise its newest error record (greatest shard name). An error record whose id
+   was derived from its place (``<file key>:<line>``: the line had no usable id) stands for that
+   line only until the line yields something newer: a record from the same file and line in a
+   newer shard (a result or an error, under any id, e.g. the line fixed with its own id)
+   supersedes it. ``is_superseded`` is this rule, for the reader and for rule 3 alike.
 2. A run skips ids that already have a result, and ids that have an error unless
    ``retry_errors`` is set; then it sends them again and writes the new outcome in its own shards.
-3. At the end of a run that finished, error shards written before it whose every id now has a
-   newer outcome (a result, or a new error written by this run) are deleted (with the generation
-   read at start as precondition). So after a finished run each id is in exactly one shard;
-   after a killed run the rule in 1. still gives one record per id (``iter_final_records``), and
-   the next finished run removes the superseded shards.
+3. At the end of a run that finished, error shards written before it whose every record is
+   superseded (by rule 1, counting what this run wrote as newest) are deleted (with the
+   generation read at start as precondition). So after a finished run each id is in exactly one
+   shard; after a killed run rule 1 still gives one record per id and line
+   (``iter_final_records``), and the next finished run removes the superseded shards.
 4. Two runs racing on one output never overwrite each other (distinct names, create-only). If
    both send the same id, rule 1 keeps the result in the earliest shard name.
 """
@@ -71,6 +75,39 @@ def list_shards(store: ObjectStore, kind: str) -> list[ObjectInfo]:
     )
 
 
+def shard_order(name: str) -> str:
+    """``results/<run>-<seq>.jsonl`` → ``<run>-<seq>.jsonl``: shards of both kinds in run order."""
+    return name.rpartition("/")[2]
+
+
+def _place(record: dict[str, Any]) -> tuple[str, int] | None:
+    file, line = record.get("file"), record.get("line")
+    if isinstance(file, str) and isinstance(line, int) and not isinstance(line, bool):
+        return file, line
+    return None
+
+
+def derived_place(record: dict[str, Any]) -> tuple[str, int] | None:
+    """(file, line) when the record's id is the one derived from them (``<file key>:<line>``)."""
+    place = _place(record)
+    key, sep, number = str(record["id"]).rpartition(":")
+    if place is None or not sep or not key or number != str(place[1]):
+        return None
+    return place if place[0] == key or place[0].endswith("/" + key) else None
+
+
+def is_superseded(record: dict[str, Any], order: str, ledger: IdLedger) -> bool:
+    """Rule 1 for an error record in the shard of ``order``, against what ``ledger`` knows: its
+    id has a result, or a newer outcome sent by this run, or (derived id) its line has a record
+    in a newer shard."""
+    state = ledger.state(record["id"])
+    if state & PRIOR_OK or (state & RETRIED and state & SEEN):
+        return True
+    place = derived_place(record)
+    newest = ledger.newest_at(*place) if place is not None else None
+    return newest is not None and newest > order
+
+
 @dataclass(frozen=True)
 class OutputScan:
     result_shards: list[ObjectInfo]
@@ -80,14 +117,20 @@ class OutputScan:
 
 
 def scan_output(store: ObjectStore, ledger: IdLedger) -> OutputScan:
-    """Record in ``ledger`` every id the output already holds."""
+    """Record in ``ledger`` every id the output already holds, and for each line with a
+    derived-id error record the newest shard holding a record from that line (rule 1)."""
     results, errors = list_shards(store, RESULTS), list_shards(store, ERRORS)
-    for shard in results:
-        for record in iter_shard_records(store, shard.name):
-            ledger.add(record["id"], PRIOR_OK)
-    for shard in errors:
-        for record in iter_shard_records(store, shard.name):
-            ledger.add(record["id"], PRIOR_FAILED)
+    # Errors first, oldest shard first: a line is followed from its derived-id error on, and
+    # every later record from it (error or result) is noted.
+    for shards, bit in ((errors, PRIOR_FAILED), (results, PRIOR_OK)):
+        for shard in shards:
+            order = shard_order(shard.name)
+            for record in iter_shard_records(store, shard.name):
+                ledger.add(record["id"], bit)
+                if bit == PRIOR_FAILED and (place := derived_place(record)) is not None:
+                    ledger.note_place(*place, order)
+                elif (place := _place(record)) is not None:
+                    ledger.touch_place(*place, order)
     return OutputScan(
         results,
         errors,
@@ -117,38 +160,40 @@ class ShardWriter:
 def retire_superseded_errors(
     store: ObjectStore, prior_error_shards: list[ObjectInfo], ledger: IdLedger
 ) -> list[str]:
-    """Delete earlier error shards whose every id now has a newer outcome (rule 3 above).
+    """Delete earlier error shards whose every record is superseded (rule 3 above).
 
     Call only after every shard of this run was written.
     """
     deleted = []
     for shard in prior_error_shards:
-        superseded = True
-        for record in iter_shard_records(store, shard.name):
-            state = ledger.state(record["id"])
-            if not (state & PRIOR_OK or (state & RETRIED and state & SEEN)):
-                superseded = False
-                break
-        if superseded:
+        order = shard_order(shard.name)
+        records = iter_shard_records(store, shard.name)
+        if all(is_superseded(record, order, ledger) for record in records):
             store.delete(shard.name, shard.generation)
             deleted.append(store.uri_of(shard.name))
     return deleted
 
 
 def iter_final_records(store: ObjectStore) -> Iterator[dict[str, Any]]:
-    """Every id's one record by the reconciliation rule. Holds the ids in memory (a reader tool)."""
-    seen: set[str] = set()
-    for shard in list_shards(store, RESULTS):
-        for record in iter_shard_records(store, shard.name):
-            if record["id"] not in seen:
-                seen.add(record["id"])
-                yield record
-    latest_errors: dict[str, dict[str, Any]] = {}
-    for shard in list_shards(store, ERRORS):
-        for record in iter_shard_records(store, shard.name):
-            if record["id"] not in seen:
-                latest_errors[record["id"]] = record
-    yield from latest_errors.values()
+    """Every id's one record by rule 1. Holds the ids in memory (a reader tool)."""
+    ledger = IdLedger()
+    try:
+        scan_output(store, ledger)
+        seen: set[str] = set()
+        for shard in list_shards(store, RESULTS):
+            for record in iter_shard_records(store, shard.name):
+                if record["id"] not in seen:
+                    seen.add(record["id"])
+                    yield record
+        latest_errors: dict[str, dict[str, Any]] = {}
+        for shard in list_shards(store, ERRORS):
+            order = shard_order(shard.name)
+            for record in iter_shard_records(store, shard.name):
+                if not is_superseded(record, order, ledger):
+                    latest_errors[record["id"]] = record
+        yield from latest_errors.values()
+    finally:
+        ledger.close()
 
 
 def write_manifest(store: ObjectStore, manifest: dict[str, Any]) -> str:

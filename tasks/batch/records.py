@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 # Anything that looks like a bearer token or a JWT never reaches a record or a log line.
 _SECRET_RE = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
     r"|ya29\.[A-Za-z0-9._-]+"
 )
+
+
+Endpoint = Literal["chat", "completions"]
 
 
 def redact(text: str) -> str:
@@ -43,6 +46,9 @@ class PromptRequest:
     system: str | None = None
     options: dict[str, Any] | None = None
     format: str | dict[str, Any] | None = None
+    # The OpenAI endpoint an OpenAI batch line named (``chat`` or ``completions``); None: the
+    # backend's default (natively: prompt → generate, messages → chat; OpenAI mode: chat).
+    endpoint: Endpoint | None = None
 
 
 @dataclass(frozen=True, slots=True)

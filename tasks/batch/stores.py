@@ -20,12 +20,10 @@ import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 
+from tasks.errors import ConfigurationError, ObjectExistsError, google_errors
+
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 _GCS_RETRY = Retry(initial=0.5, maximum=10.0, multiplier=2.0, timeout=120.0)
-
-
-class ObjectExistsError(Exception):
-    """``create`` found the name already taken (another run, or an earlier attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +49,10 @@ class ObjectStore(Protocol):
 def split_gs_uri(uri: str) -> tuple[str, str]:
     """``gs://bucket/path`` → ``("bucket", "path")``; a clear error for anything else."""
     if not uri.startswith("gs://"):
-        raise ValueError(f"not a gs:// URI: {uri!r}")
+        raise ConfigurationError(f"not a gs:// URI: {uri!r}")
     bucket, _, path = uri[len("gs://") :].partition("/")
     if not bucket:
-        raise ValueError(f"gs:// URI without a bucket: {uri!r}")
+        raise ConfigurationError(f"gs:// URI without a bucket: {uri!r}")
     return bucket, path
 
 
@@ -72,31 +70,37 @@ class GcsStore:
         return self.base_uri + name
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        for blob in self._client.list_blobs(self.bucket_name, prefix=self.prefix + prefix):
-            name = blob.name[len(self.prefix) :]
-            if name and not name.endswith("/"):
-                yield ObjectInfo(name, int(blob.size or 0), blob.generation)
+        with google_errors(f"list the objects under {self.base_uri}{prefix}"):
+            for blob in self._client.list_blobs(self.bucket_name, prefix=self.prefix + prefix):
+                name = blob.name[len(self.prefix) :]
+                if name and not name.endswith("/"):
+                    yield ObjectInfo(name, int(blob.size or 0), blob.generation)
 
     def stat(self, name: str) -> ObjectInfo | None:
-        blob = self._bucket.get_blob(self.prefix + name)
+        with google_errors(f"read the metadata of {self.uri_of(name)}"):
+            blob = self._bucket.get_blob(self.prefix + name)
         return None if blob is None else ObjectInfo(name, int(blob.size or 0), blob.generation)
 
     def open_read(self, name: str) -> IO[bytes]:
         blob = self._bucket.blob(self.prefix + name)
-        reader: IO[bytes] = blob.open("rb", chunk_size=READ_CHUNK_BYTES, retry=_GCS_RETRY)
+        with google_errors(f"read {self.uri_of(name)}"):
+            reader: IO[bytes] = blob.open("rb", chunk_size=READ_CHUNK_BYTES, retry=_GCS_RETRY)
         return reader
 
     def read_bytes(self, name: str) -> bytes:
-        data: bytes = self._bucket.blob(self.prefix + name).download_as_bytes(retry=_GCS_RETRY)
+        with google_errors(f"read {self.uri_of(name)}"):
+            blob = self._bucket.blob(self.prefix + name)
+            data: bytes = blob.download_as_bytes(retry=_GCS_RETRY)
         return data
 
     def create(self, name: str, data: bytes) -> None:
         blob = self._bucket.blob(self.prefix + name)
         try:
             # With a generation precondition the upload is safe to retry, and it is retried.
-            blob.upload_from_string(
-                data, content_type="application/x-ndjson", if_generation_match=0
-            )
+            with google_errors(f"create {self.uri_of(name)}"):
+                blob.upload_from_string(
+                    data, content_type="application/x-ndjson", if_generation_match=0
+                )
         except gexc.PreconditionFailed as exc:
             # A retried upload whose first attempt landed looks the same as a real collision.
             if self.read_bytes(name) == data:
@@ -105,10 +109,11 @@ class GcsStore:
 
     def put(self, name: str, data: bytes) -> None:
         blob = self._bucket.blob(self.prefix + name)
-        blob.upload_from_string(data, content_type="application/json", retry=_GCS_RETRY)
+        with google_errors(f"write {self.uri_of(name)}"):
+            blob.upload_from_string(data, content_type="application/json", retry=_GCS_RETRY)
 
     def delete(self, name: str, generation: int | None = None) -> None:
-        with contextlib.suppress(gexc.NotFound):
+        with contextlib.suppress(gexc.NotFound), google_errors(f"delete {self.uri_of(name)}"):
             self._bucket.blob(self.prefix + name).delete(
                 if_generation_match=generation, retry=_GCS_RETRY
             )
@@ -179,8 +184,10 @@ def open_store(uri: str, client: storage.Client | None = None) -> GcsStore | Loc
     if uri.startswith("gs://"):
         bucket, prefix = split_gs_uri(uri)
         if client is None:
-            raise ValueError("a gs:// location needs a storage client")
+            raise ConfigurationError("a gs:// location needs a storage client")
         return GcsStore(client, bucket, prefix)
     if "://" in uri:
-        raise ValueError(f"unsupported location {uri!r}: use gs://bucket/path or a local path")
+        raise ConfigurationError(
+            f"unsupported location {uri!r}: use gs://bucket/path or a local path"
+        )
     return LocalStore(Path(uri).expanduser())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from google.cloud import run_v2
 
 from tasks.clients import GoogleCloud, run_services_client
+from tasks.errors import ConfigurationError, ServiceNotReadyError, google_errors
 
 SERVICE_ID_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 CLOUD_RUN_DEFAULT_CONCURRENCY = 80  # Cloud Run's default when the template leaves it 0
@@ -64,10 +65,10 @@ def _memory_gib(value: str | None, default: float) -> float:
 
 def target_from_service(service: run_v2.Service) -> Target:
     if not service.uri:
-        raise ValueError(f"Cloud Run service {service.name} has no uri yet (not ready?)")
+        raise ServiceNotReadyError(f"Cloud Run service {service.name} has no uri yet (not ready?)")
     ready = run_v2.Condition.State.CONDITION_SUCCEEDED
     if service.terminal_condition and service.terminal_condition.state not in (0, ready):
-        raise ValueError(
+        raise ServiceNotReadyError(
             f"Cloud Run service {service.name} is not ready: {service.terminal_condition.message}"
         )
     template = service.template
@@ -92,12 +93,14 @@ def target_from_service(service: run_v2.Service) -> Target:
 
 def lookup_service(cloud: GoogleCloud, region: str, name: str) -> Target:
     if not SERVICE_ID_RE.match(name):
-        raise ValueError(
+        raise ConfigurationError(
             f"target {name!r} is neither an http(s):// URL nor a Cloud Run service name "
             "(lowercase letters, digits and '-', starting with a letter, at most 49 characters)"
         )
     client = run_services_client(cloud)
-    service = client.get_service(name=client.service_path(cloud.project, region, name), timeout=30)
+    with google_errors(f"read the Cloud Run service {name} in {region}"):
+        path = client.service_path(cloud.project, region, name)
+        service = client.get_service(name=path, timeout=30)
     return target_from_service(service)
 
 

@@ -12,8 +12,10 @@ import pytest
 
 from emulator.ollama.launcher import OllamaServer
 from flows.batch import BatchParams, batch_inference
+from tasks.batch.preflight import PROBE_PREFIX
 from tasks.batch.stores import GcsStore
 from tasks.clients import resolve_cloud, storage_client
+from tasks.errors import OutputLocationError
 from tests.batch.conftest import read_output
 
 
@@ -47,3 +49,24 @@ def test_gs_input_and_output(
     assert len(shards) == 4  # flushed per shard of 30, each its own object
     again = asyncio.run(batch_inference(params))
     assert again["counts"]["skipped"] == 120 and again["this_run"]["sent"] == 0
+
+
+@pytest.mark.slow
+def test_gs_output_that_cannot_be_written_fails_before_reading_any_prompt(
+    prefect_api: str, gcp_env: dict[str, str]
+) -> None:
+    client = storage_client(resolve_cloud())
+    bucket = client.create_bucket(f"batch-{uuid.uuid4().hex[:8]}")
+    bucket.blob("prompts/a.jsonl").upload_from_string('{"prompt": "q"}\n')
+    missing = f"gs://no-such-bucket-{uuid.uuid4().hex[:8]}/out/"
+    params = BatchParams(
+        input=f"gs://{bucket.name}/prompts/", output=missing, target="http://127.0.0.1:9"
+    )
+    with pytest.raises(OutputLocationError, match="cannot create objects under the output"):
+        asyncio.run(batch_inference(params))
+    probe_left = [b.name for b in client.list_blobs(bucket.name) if PROBE_PREFIX in b.name]
+    assert probe_left == []
+    with pytest.raises(OutputLocationError, match="overlaps input"):
+        asyncio.run(
+            batch_inference(params.model_copy(update={"output": f"gs://{bucket.name}/prompts"}))
+        )

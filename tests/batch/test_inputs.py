@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 from pathlib import Path
@@ -9,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from tasks.batch.inputs import InputFile, iter_lines, parse_line, resolve_inputs
+from tasks.batch.ledger import IdLedger
+from tasks.batch.plan import PlanStats, plan_shards
+from tasks.batch.preflight import check_no_overlap, probe_output
 from tasks.batch.records import InputProblem, PromptRequest
 from tasks.batch.stores import LocalStore
+from tasks.errors import OutputLocationError
 
 
 def _file(tmp_path: Path, fmt: str = "jsonl") -> InputFile:
@@ -116,3 +121,90 @@ def test_resolve_errors_are_clear(tmp_path: Path) -> None:
         resolve_inputs(str(tmp_path / "notes.md"))
     with pytest.raises(ValueError, match="unsupported input"):
         resolve_inputs("s3://bucket/x.jsonl")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "txt"])
+def test_a_leading_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path, fmt: str) -> None:
+    lines = ['{"id": "a", "prompt": "first"}', '{"id": "b", "prompt": "second"}']
+    if fmt == "txt":
+        lines = ["first", "second"]
+    (tmp_path / f"p.{fmt}").write_bytes(codecs.BOM_UTF8 + "\n".join(lines).encode() + b"\n")
+    stats = PlanStats()
+    [shard] = plan_shards(
+        resolve_inputs(str(tmp_path)),
+        IdLedger(),
+        stats,
+        shard_size=10,
+        retry_errors=False,
+        max_line_bytes=1000,
+    )
+    assert shard.problems == []
+    assert [r.prompt for r in shard.requests] == ["first", "second"]
+    assert sum(r.size for r in shard.requests) == (tmp_path / f"p.{fmt}").stat().st_size
+
+
+def _openai(tmp_path: Path, **line: object) -> PromptRequest | InputProblem | None:
+    return _parse(tmp_path, json.dumps({"custom_id": "o", **line}).encode())
+
+
+def test_openai_lines_name_their_endpoint(tmp_path: Path) -> None:
+    chat = {"messages": [{"role": "user", "content": "q"}]}
+    named = _openai(tmp_path, method="POST", url="/v1/chat/completions", body=chat)
+    text = _openai(tmp_path, method="POST", url="/v1/completions", body={"prompt": "q"})
+    unnamed = _openai(tmp_path, body={"prompt": "q"})
+    assert isinstance(named, PromptRequest) and named.endpoint == "chat"
+    assert isinstance(text, PromptRequest) and (text.endpoint, text.prompt) == ("completions", "q")
+    assert isinstance(unnamed, PromptRequest) and unnamed.endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "reason"),
+    [
+        ("GET", "/v1/chat/completions", None, "GET /v1/chat/completions"),
+        ("POST", "/v1/embeddings", {"input": "x"}, "POST /v1/embeddings"),
+        ("GET", "/v1/does/not/exist", None, "GET /v1/does/not/exist"),
+        (None, "/v1/responses", None, "POST /v1/responses"),
+        ("POST", None, None, "POST None"),
+        ("POST", "/v1/chat/completions", {"prompt": "q"}, "takes 'messages', not 'prompt'"),
+        ("POST", "/v1/completions", {"messages": []}, "takes 'prompt', not 'messages'"),
+    ],
+)
+def test_openai_lines_for_other_endpoints_are_input_errors(
+    tmp_path: Path, method: str | None, url: str | None, body: object, reason: str
+) -> None:
+    chat = {"messages": [{"role": "u", "content": "q"}]}
+    line = {"method": method, "url": url, "body": body or chat}
+    problem = _openai(tmp_path, **{k: v for k, v in line.items() if v is not None})
+    assert isinstance(problem, InputProblem) and problem.id == "o"
+    assert reason in problem.reason
+
+
+@pytest.mark.parametrize(
+    ("inp", "out"),
+    [
+        ("gs://b/p/", "gs://b/p"),
+        ("gs://b/p/*.jsonl", "gs://b/p/out/"),
+        ("gs://b/p/a.jsonl", "gs://b/"),
+        ("gs://b/p/a.jsonl", "gs://b/p/a.jsonl/x"),
+    ],
+)
+def test_overlapping_locations_are_rejected(inp: str, out: str) -> None:
+    with pytest.raises(OutputLocationError, match="overlaps input"):
+        check_no_overlap(inp, out)
+
+
+@pytest.mark.parametrize(
+    ("inp", "out"),
+    [("gs://b/p/", "gs://b/p-out/"), ("gs://b/p/", "gs://c/p/"), ("gs://b/p/", "/tmp/p/")],
+)
+def test_separate_locations_pass(inp: str, out: str) -> None:
+    check_no_overlap(inp, out)
+
+
+def test_the_write_probe_leaves_nothing_and_names_an_unwritable_output(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "out")
+    probe_output(store, "t1")
+    assert list(store.list()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputLocationError, match=str(tmp_path / "file" / "out")):
+        probe_output(LocalStore(tmp_path / "file" / "out"), "t2")

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import httpx
 import ollama
 import pytest
 from aiohttp import web
 
 from emulator.ollama.launcher import OllamaServer
-from tasks.batch.engine import OllamaBackend, is_transient
+from tasks.batch.backends import OllamaBackend, OpenAIBackend
+from tasks.batch.engine import is_transient
 from tasks.batch.records import Completion, PromptRequest
 
 GENERATE = PromptRequest(
@@ -206,7 +209,7 @@ def test_the_backend_keeps_one_session_with_keep_alive(sim_ollama: OllamaServer)
 
 
 def test_the_proxy_variables_are_honoured_and_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.batch.engine import _env_proxy
+    from tasks.batch.backends import _env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -214,3 +217,40 @@ def test_the_proxy_variables_are_honoured_and_read_once(monkeypatch: pytest.Monk
     assert str(proxy) == "http://proxy.internal:3128"
     assert auth is not None and auth.login == "user"
     assert _env_proxy("http://127.0.0.1:11434") == (None, None)
+
+
+class RecordPaths(httpx.Auth):
+    """An ``httpx.Auth`` (where ID tokens plug in) that notes every path the client sends to."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        self.paths.append(request.url.path)
+        yield request
+
+
+def test_openai_mode_sends_each_request_to_the_endpoint_its_line_named(
+    sim_ollama: OllamaServer,
+) -> None:
+    seen = RecordPaths()
+    backend = OpenAIBackend(
+        sim_ollama.base_url + "/v1",
+        "gemma2:9b",
+        api_key="unused",
+        timeout=httpx.Timeout(30.0),
+        auth=seen,
+        max_connections=2,
+    )
+    text = PromptRequest("t", "f", 3, 1, prompt="Say one word.", endpoint="completions")
+    named_chat = replace(CHAT, endpoint="chat")
+
+    async def run() -> list[Completion]:
+        try:
+            return [await backend.complete(r) for r in (text, named_chat, GENERATE, CHAT)]
+        finally:
+            await backend.aclose()
+
+    completions = asyncio.run(run())
+    assert seen.paths == ["/v1/completions"] + ["/v1/chat/completions"] * 3
+    assert all(c.text and c.eval_count > 0 for c in completions)

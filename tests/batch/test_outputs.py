@@ -18,7 +18,8 @@ from tasks.batch.outputs import (
     retire_superseded_errors,
     scan_output,
 )
-from tasks.batch.stores import LocalStore, ObjectExistsError
+from tasks.batch.stores import LocalStore
+from tasks.errors import ObjectExistsError
 
 
 def test_local_create_never_overwrites_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -98,3 +99,23 @@ def test_racing_writers_never_overwrite(tmp_path: Path) -> None:
     ShardWriter(store, "run-2").write(1, [_rec("a", response="two")], [])
     final = list(iter_final_records(store))
     assert [(r["id"], r["response"]) for r in final] == [("a", "one")]  # the earliest shard wins
+
+
+def test_a_derived_id_error_gives_way_only_to_a_newer_record_from_its_line(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path)
+    line = {"file": "/in/p.jsonl", "line": 2}
+    # Run 1: line 2 had its own id and succeeded; run 2: it was broken (derived id); run 3: fixed
+    # with a new id, but the run was killed before retiring anything.
+    ShardWriter(store, "20260101T000000Z-aaaa").write(1, [{"id": "old", **line}], [])
+    ShardWriter(store, "20260102T000000Z-bbbb").write(1, [], [{"id": "p.jsonl:2", **line}])
+    final = {r["id"] for r in iter_final_records(store)}
+    assert final == {"old", "p.jsonl:2"}  # an older result does not hide a newer error
+    ShardWriter(store, "20260103T000000Z-cccc").write(1, [{"id": "new", **line}], [])
+    assert {r["id"] for r in iter_final_records(store)} == {"old", "new"}
+
+    ledger = IdLedger()
+    scan = scan_output(store, ledger)
+    assert len(retire_superseded_errors(store, scan.error_shards, ledger)) == 1
+    assert list_shards(store, ERRORS) == []

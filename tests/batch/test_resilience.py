@@ -59,9 +59,12 @@ def test_ten_thousand_prompts_through_faults_every_id_once_all_succeeded(
 
 
 def _start_batch(params: BatchParams, api_url: str) -> subprocess.Popen[bytes]:
+    """``ollama-cloudrun batch`` with these parameters, in a child process."""
     env = {**os.environ, "PREFECT_API_URL": api_url}
+    options = ["--input", params.input, "--output", params.output, "--target", params.target]
+    options += ["--in-flight", str(params.engine.in_flight), "--shard-size", str(params.shard_size)]
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.batch", params.model_dump_json()],
+        [sys.executable, "-m", "flows", "batch", *options],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,

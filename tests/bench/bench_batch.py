@@ -33,7 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from emulator.ollama.launcher import running_ollama_server
-from tasks.batch.engine import AdaptiveLimiter, OllamaBackend, RequestEngine
+from tasks.batch.backends import OllamaBackend
+from tasks.batch.engine import AdaptiveLimiter, RequestEngine
 from tasks.batch.records import Completion, PromptRequest
 
 MODEL = "gemma2:9b"

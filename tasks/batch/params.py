@@ -1,0 +1,162 @@
+"""The batch's parameters: one typed model, so the Prefect UI renders a form and the command line
+generates its options from it (``flows/cli.py`` flattens the sub-models: ``--in-flight``).
+
+``BatchSettings`` is what to read, where to write and how to send; ``BatchParams`` adds where the
+service is. The pipeline reuses ``BatchSettings`` and names the service itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.batch.cost import PriceAssumptions
+from tasks.batch.target import SERVICE_ID_RE, is_url
+
+
+class EngineSettings(BaseModel):
+    """How prompts are sent: the API, how many at once, retries and timeouts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api: Literal["ollama", "openai"] = Field(
+        "ollama",
+        description="ollama: native /api/generate and /api/chat; openai: /v1/chat/completions "
+        "(and /v1/completions for OpenAI batch lines that name it).",
+    )
+    in_flight: int | None = Field(
+        None, ge=1, le=4096, description="Requests in flight; default max instances × concurrency."
+    )
+    max_retries: int = Field(
+        5, ge=0, le=50, description="Retries of a transient failure per prompt."
+    )
+    # One JSON body per prompt: one parse instead of one per token, and errors still arrive with
+    # their HTTP status. Streaming is there for servers that cut long non-streamed requests.
+    stream: bool = Field(
+        False, description="Stream responses (Ollama API); off: one JSON body per prompt."
+    )
+    request_timeout_seconds: float = Field(
+        900.0,
+        gt=0,
+        le=3600,
+        description="Per attempt (and read) timeout; Cloud Run allows ≤ 3600 s.",
+    )
+    backoff_initial_seconds: float = Field(
+        0.5, ge=0, le=60, description="First retry back-off (jittered)."
+    )
+    backoff_max_seconds: float = Field(30.0, ge=0, le=600, description="Longest retry back-off.")
+
+
+_SUB_MODELS: dict[str, type[BaseModel]] = {"engine": EngineSettings, "prices": PriceAssumptions}
+
+
+class BatchSettings(BaseModel):
+    """What to read, where to write and how to send (everything but the service)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(
+        min_length=1,
+        description="Prompts: gs://bucket/path or a local path; one file, a prefix/directory or a "
+        "glob (*.jsonl). JSONL (prompt or messages; optional id, system, options, format), "
+        "OpenAI batch lines (custom_id, method, url, body) or .txt (one prompt a line).",
+    )
+    output: str = Field(
+        min_length=1,
+        description="Output prefix: gs://bucket/path or a local directory (outside the input).",
+    )
+    shard_size: int = Field(
+        1000, ge=1, le=1_000_000, description="Prompts per shard task and output shard."
+    )
+    retry_errors: bool = Field(False, description="Send ids that have an error record again.")
+    max_line_bytes: int = Field(
+        1_048_576, ge=64, le=64 * 1_048_576, description="Longer input lines become error records."
+    )
+    progress_interval_seconds: float = Field(
+        3.0, ge=0.5, le=600, description="Least time between progress artifact updates."
+    )
+    engine: EngineSettings = Field(
+        default_factory=lambda: EngineSettings.model_validate({}),
+        description="How prompts are sent.",
+    )
+    prices: PriceAssumptions = Field(
+        default_factory=lambda: PriceAssumptions.model_validate({}),
+        description="Prices assumed for the cost estimate.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_settings(cls, data: Any) -> Any:
+        """Sub-model fields given flat (``in_flight=8``) go into their sub-model: the form of
+        Python callers and of parameters saved before the sub-models existed."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, model in _SUB_MODELS.items():
+            flat = {key: data.pop(key) for key in model.model_fields if key in data}
+            if flat:
+                given = data.get(name) or {}
+                if isinstance(given, BaseModel):
+                    given = given.model_dump(exclude_unset=True)
+                data[name] = {**given, **flat}
+        return data
+
+    @field_validator("input", "output")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        if "://" in value and not value.startswith("gs://"):
+            raise ValueError("must be gs://bucket/path or a local path")
+        if value.startswith("gs://") and len(value.rstrip("/")) <= len("gs://"):
+            raise ValueError("gs:// location needs a bucket")
+        return value
+
+
+class BatchParams(BatchSettings):
+    """Parameters of ``batch_inference``: the settings plus the service and its model."""
+
+    target: str = Field(
+        "ollama-gemma",
+        description="A Cloud Run service name (uri, max instances and concurrency are read from "
+        "Cloud Run) or a base URL (http[s]://host:port).",
+    )
+    model: str = Field("gemma2:9b", min_length=1, description="Model name sent with every request.")
+    project: str | None = Field(
+        None, description="Google Cloud project (default: from credentials)."
+    )
+    region: str = Field("us-central1", min_length=1, description="Cloud Run region of the service.")
+    credentials_block: str | None = Field(
+        None, description="A prefect-gcp GcpCredentials block name."
+    )
+    id_token: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Send Google ID tokens: auto = for Cloud Run services and *.run.app URLs.",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not is_url(value) and not SERVICE_ID_RE.match(value):
+            raise ValueError(
+                "must be an http(s):// URL or a Cloud Run service name (lowercase letters, digits "
+                "and '-', starting with a letter)"
+            )
+        return value
+
+    @property
+    def needs_cloud(self) -> bool:
+        """Google Cloud credentials are needed: a gs:// location or a Cloud Run service."""
+        return self.uses_gcs or not is_url(self.target)
+
+    @property
+    def uses_gcs(self) -> bool:
+        return self.input.startswith("gs://") or self.output.startswith("gs://")
+
+    @property
+    def sends_id_tokens(self) -> bool:
+        if self.id_token != "auto":
+            return self.id_token == "always"
+        if not is_url(self.target):
+            return True
+        host = self.target.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+        return host.endswith(".run.app")
