@@ -17,14 +17,14 @@ import math
 import secrets
 import sys
 import time
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.context import get_run_context
 from prefect.utilities.annotations import quote
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flows.parameters import BatchParams
 from tasks.batch.ledger import IdLedger
 from tasks.batch.outputs import ShardWriter, write_manifest
 from tasks.batch.progress import ProgressReporter
@@ -42,118 +42,12 @@ from tasks.batch.steps import (
     scan_existing_output,
 )
 from tasks.batch.stores import open_store
-from tasks.batch.target import SERVICE_ID_RE, Target, is_url
+from tasks.batch.target import Target, is_url
 from tasks.clients import GoogleCloud, resolve_cloud, storage_client
 from tasks.id_tokens import GoogleIdTokenAuth
 
-# DESIGN §5: us-central1 prices seen for 2026 (secondary sources): an assumption, so parameters.
-L4_USD_PER_SECOND = 0.0001867  # without zonal redundancy
-L4_ZONAL_REDUNDANCY_USD_PER_SECOND = 0.0002909
-VCPU_USD_PER_SECOND = 0.000018
-MEMORY_GIB_USD_PER_SECOND = 0.000002
 SUMMARY_KEY = "batch-inference-summary"
 PROGRESS_KEY = "batch-inference-progress"
-
-
-class BatchParams(BaseModel):
-    """Parameters of ``batch_inference`` (one model, so the Prefect UI renders a form)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: str = Field(
-        min_length=1,
-        description="Prompts: gs://bucket/path or a local path; one file, a prefix/directory or a "
-        "glob (*.jsonl). JSONL (prompt or messages; optional id, system, options, format), "
-        "OpenAI batch lines (custom_id, body) or .txt (one prompt a line).",
-    )
-    output: str = Field(
-        min_length=1, description="Output prefix: gs://bucket/path or a local directory."
-    )
-    target: str = Field(
-        "ollama-gemma",
-        description="A Cloud Run service name (uri, max instances and concurrency are read from "
-        "Cloud Run) or a base URL (http[s]://host:port).",
-    )
-    api: Literal["ollama", "openai"] = Field(
-        "ollama",
-        description="ollama: native /api/generate and /api/chat; openai: /v1/chat/completions.",
-    )
-    model: str = Field("gemma2:9b", min_length=1, description="Model name sent with every request.")
-    project: str | None = Field(
-        None, description="Google Cloud project (default: from credentials)."
-    )
-    region: str = Field("us-central1", min_length=1, description="Cloud Run region of the service.")
-    credentials_block: str | None = Field(
-        None, description="A prefect-gcp GcpCredentials block name."
-    )
-    in_flight: int | None = Field(
-        None, ge=1, le=4096, description="Requests in flight; default max instances × concurrency."
-    )
-    max_retries: int = Field(
-        5, ge=0, le=50, description="Retries of a transient failure per prompt."
-    )
-    shard_size: int = Field(
-        1000, ge=1, le=1_000_000, description="Prompts per shard task and output shard."
-    )
-    retry_errors: bool = Field(False, description="Send ids that have an error record again.")
-    # One JSON body per prompt: one parse instead of one per token, and errors still arrive with
-    # their HTTP status. Streaming is there for servers that cut long non-streamed requests.
-    stream: bool = Field(
-        False, description="Stream responses (Ollama API); off: one JSON body per prompt."
-    )
-    request_timeout_seconds: float = Field(
-        900.0,
-        gt=0,
-        le=3600,
-        description="Per attempt (and read) timeout; Cloud Run allows ≤ 3600 s.",
-    )
-    backoff_initial_seconds: float = Field(
-        0.5, ge=0, le=60, description="First retry back-off (jittered)."
-    )
-    backoff_max_seconds: float = Field(30.0, ge=0, le=600, description="Longest retry back-off.")
-    max_line_bytes: int = Field(
-        1_048_576, ge=64, le=64 * 1_048_576, description="Longer input lines become error records."
-    )
-    id_token: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="Send Google ID tokens: auto = for Cloud Run services and *.run.app URLs.",
-    )
-    l4_usd_per_second: float = Field(
-        L4_USD_PER_SECOND, ge=0, description="Assumed L4 price per second (no zonal redundancy)."
-    )
-    l4_zonal_redundancy_usd_per_second: float = Field(
-        L4_ZONAL_REDUNDANCY_USD_PER_SECOND,
-        ge=0,
-        description="Assumed L4 price with zonal redundancy.",
-    )
-    vcpu_usd_per_second: float = Field(
-        VCPU_USD_PER_SECOND, ge=0, description="Assumed vCPU-second price."
-    )
-    memory_gib_usd_per_second: float = Field(
-        MEMORY_GIB_USD_PER_SECOND, ge=0, description="Assumed GiB-second price."
-    )
-    progress_interval_seconds: float = Field(
-        3.0, ge=0.5, le=600, description="Least time between progress artifact updates."
-    )
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, value: str) -> str:
-        if not is_url(value) and not SERVICE_ID_RE.match(value):
-            raise ValueError(
-                "must be an http(s):// URL or a Cloud Run service name (lowercase letters, digits "
-                "and '-', starting with a letter)"
-            )
-        return value
-
-    @field_validator("input", "output")
-    @classmethod
-    def _location(cls, value: str) -> str:
-        if "://" in value and not value.startswith("gs://"):
-            raise ValueError("must be gs://bucket/path or a local path")
-        if value.startswith("gs://") and len(value.rstrip("/")) <= len("gs://"):
-            raise ValueError("gs:// location needs a bucket")
-        return value
 
 
 def _uses_id_token(params: BatchParams) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
@@ -29,82 +29,13 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run as current_run
 from prefect.settings import PREFECT_UI_URL
-from pydantic import Field, model_validator
 
-from flows.batch import BatchParams, batch_inference
-from flows.deploy import DeployParameters, deploy
-from flows.teardown import TeardownParameters, teardown
+from flows.batch import batch_inference
+from flows.deploy import deploy
+from flows.parameters import PipelineParameters
+from flows.teardown import teardown
 
 PIPELINE_FLOW_NAME = "pipeline"
-
-
-class PipelineParameters(DeployParameters):
-    """The deploy parameters (the tutorial's defaults) plus where the prompts and results are."""
-
-    input: str = Field(
-        min_length=1,
-        description="Prompts: gs://bucket/path or a local path; one file, a prefix or a glob "
-        "(JSONL with prompt or messages, OpenAI batch lines, or .txt).",
-    )
-    output: str = Field(
-        min_length=1, description="Results prefix: gs://bucket/path or a local directory."
-    )
-    teardown: bool = Field(
-        True,
-        description="Delete the service, images, staging objects and service account at the "
-        "end (and, through the automation, after a failure or crash). False keeps a long-lived "
-        "service.",
-    )
-    in_flight: int | None = Field(
-        None,
-        ge=1,
-        le=4096,
-        description="Batch requests in flight; default max instances × concurrency.",
-    )
-    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Prompts per shard task.")
-    max_retries: int = Field(
-        5, ge=0, le=50, description="Retries of a transient failure per prompt."
-    )
-    retry_errors: bool = Field(False, description="Send ids that have an error record again.")
-
-    @model_validator(mode="after")
-    def _batch_is_valid(self) -> Self:
-        self.batch_parameters()  # input/output rules live in BatchParams: fail before any call
-        return self
-
-    def deploy_parameters(self) -> DeployParameters:
-        return DeployParameters.model_validate(
-            {k: getattr(self, k) for k in DeployParameters.model_fields}
-        )
-
-    def batch_parameters(self) -> BatchParams:
-        return BatchParams.model_validate(
-            {
-                "input": self.input,
-                "output": self.output,
-                "target": self.service,
-                "model": self.model,
-                "project": self.project,
-                "region": self.region,
-                "credentials_block": self.credentials_block,
-                "in_flight": self.in_flight,
-                "shard_size": self.shard_size,
-                "max_retries": self.max_retries,
-                "retry_errors": self.retry_errors,
-            }
-        )
-
-    def teardown_parameters(self) -> TeardownParameters:
-        return TeardownParameters.model_validate(
-            {
-                "project": self.project,
-                "credentials_block": self.credentials_block,
-                "service": self.service,
-                "region": self.region,
-                "repository": self.repository,
-                "service_account_id": self.service_account_id,
-            }
-        )
 
 
 @dataclass(frozen=True)
