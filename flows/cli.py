@@ -113,24 +113,15 @@ def _stopped(command: str, code: int) -> NoReturn:
 
 
 def load_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (``#`` comments, blank lines and ``export`` allowed) into os.environ."""
+    """KEY=VALUE lines (tasks.env_files' rules) into os.environ."""
+    from tasks.env_files import EnvFileError, parse_env_file
+
     if not path.is_file():
         raise typer.BadParameter(f"env file {path} does not exist", param_hint="--env-file")
-    loaded: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise typer.BadParameter(
-                f"{path}:{number}: expected KEY=VALUE", param_hint="--env-file"
-            )
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        loaded[key.strip()] = value
+    try:
+        loaded = parse_env_file(path)
+    except EnvFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--env-file") from None
     os.environ.update(loaded)
     return loaded
 

@@ -20,17 +20,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from tasks.processes import stop_process, wait_ready
 
 HOME_ENV = "OLLAMA_CLOUDRUN_HOME"
 DEFAULT_HOST = "127.0.0.1"
@@ -148,18 +148,6 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def _stop_group(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def serve(
     echo: Callable[[str], None],
     *,
@@ -215,17 +203,16 @@ def serve(
     state = state_file()
     try:
         echo(f"Starting a Prefect server on {address} (PREFECT_HOME={env['PREFECT_HOME']}) ...")
-        deadline = time.monotonic() + startup_timeout
-        while not healthy(api_url):
-            if process.poll() is not None:
-                raise ServerError(
-                    f"prefect server start exited with code {process.returncode}; see {log}"
-                )
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"no answer from {api_url} after {startup_timeout:.0f} s; see {log}"
-                )
-            time.sleep(0.5)
+        try:
+            wait_ready(
+                process,
+                lambda: healthy(api_url),
+                timeout=startup_timeout,
+                what="prefect server start",
+                interval=0.5,
+            )
+        except RuntimeError as exc:
+            raise ServerError(f"{exc}; see {log}") from None
         state.write_text(json.dumps(asdict(ServerState(process.pid, api_url, address, str(log)))))
         echo(f"Prefect server ready: UI {address}, API {api_url}, log {log}")
         echo(f"Later ollama-cloudrun commands use it while it runs (found through {state}).")
@@ -237,4 +224,4 @@ def serve(
         with contextlib.suppress(OSError, ValueError):
             if json.loads(state.read_text()).get("pid") == process.pid:
                 state.unlink()
-        _stop_group(process)
+        stop_process(process, grace=15.0, group=True)
