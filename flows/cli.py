@@ -324,13 +324,14 @@ def _prefect_server(verbose: bool) -> Iterator[None]:
         return
     log = None if verbose else prefect_api.temporary_server_log()
     try:
-        prefect_api.start_temporary_server(lambda line: typer.echo(line, err=True), log)
+        try:
+            prefect_api.start_temporary_server(lambda line: typer.echo(line, err=True), log)
+        except Exception:  # it did not start: its log says why
+            if log is not None:
+                typer.echo(f"(the temporary Prefect server's log: {log})", err=True)
+                log = None
+            raise
         yield
-    except BaseException as exc:
-        if log is not None and _stop_reason(exc) is None:  # its side may tell why
-            typer.echo(f"(the temporary Prefect server's log: {log})", err=True)
-            log = None
-        raise
     finally:
         if log is not None:
             log.unlink(missing_ok=True)
