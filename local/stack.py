@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import IO, Literal
 import httpx
 
 from tasks.env_files import EnvFileError, parse_env_file
-from tasks.processes import stop_process
+from tasks.processes import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
@@ -61,13 +60,6 @@ class StackConfig:
     startup_timeout: float = 240.0
     worker_query_seconds: float = 2.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS just handed out on ``host`` (bound and released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def read_env_file(path: Path) -> dict[str, str]:

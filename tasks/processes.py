@@ -12,10 +12,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS just handed out on ``host`` (bound and released; a child that can bind port
+    0 itself and report it avoids the race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def group_alive(pgid: int) -> bool:

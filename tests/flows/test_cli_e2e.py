@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from emulator.gcp import GcpEmulatorProcess
 from emulator.ollama.launcher import OllamaServer, running_ollama_server
+from tasks.processes import free_port
 from tests.flows.conftest import EmulatorControl
 
 pytestmark = pytest.mark.slow
@@ -134,16 +134,10 @@ def test_sigterm_stops_a_batch_with_143_and_leaves_nothing_running(tmp_path: Pat
     assert "prefect.server" not in stderr and "uvicorn" not in stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_server_command_is_reused_and_sigint_stops_a_batch_with_130(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = _plain_env(home)
-    server_cli = _popen(["server", "--port", str(_free_port())], env)
+    server_cli = _popen(["server", "--port", str(free_port())], env)
     state = home / "prefect-server.json"
     try:
         deadline = time.monotonic() + 300
