@@ -375,7 +375,13 @@ def _server_command(
     ctx: typer.Context,
     port: Annotated[
         int,
-        typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1 (Prefect's usual one)."),
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            metavar="PORT",
+            help="Port on 127.0.0.1 (Prefect's usual one).",
+        ),
     ] = 4200,
 ) -> None:
     from flows import prefect_api
