@@ -1,157 +1,200 @@
-"""``ollama-cloudrun`` (also ``python -m flows``): run any flow with its parameters.
+"""ollama-cloudrun (also python -m flows): run any flow with its parameters.
 
-Options are generated from each flow's parameters (a pydantic model's fields flattened, typed), so
-a new flow needs one line in ``FLOWS`` and no CLI code::
+Options are generated from each flow's parameter model (flows/parameters.py, pydantic only), so
+a new flow needs one entry in FLOWS and no CLI code:
 
     ollama-cloudrun deploy --model gemma2:9b
     ollama-cloudrun teardown --sweep --ttl-hours 24
     ollama-cloudrun --env-file .emulator-state/emulator.env smoke-test
 
-``--env-file PATH`` loads KEY=VALUE lines into the environment before anything imports
-google-auth (which reads GCE_METADATA_HOST at import). Exit status 0 on success, 1 when the flow
-fails (one paragraph, no traceback), 2 on bad parameters.
+Help costs no Prefect import: the command list comes from FLOWS, a command's options from its
+parameter model; Prefect, the Google clients and the flow module load only when a command runs.
+--env-file loads KEY=VALUE lines into the environment before anything imports google-auth (which
+reads GCE_METADATA_HOST at import). Exit status: 0 ok, 1 the flow failed (one paragraph, no
+traceback unless --verbose), 2 bad parameters, 130 SIGINT, 143 SIGTERM.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import json
-import logging
 import os
+import signal
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
 import typer
 
-# command → "module:flow"; modules are imported only when their command is used or listed.
-FLOWS: dict[str, str] = {
-    "deploy": "flows.deploy:deploy",
-    "smoke-test": "flows.smoke_test:smoke_test",
-    "teardown": "flows.teardown:teardown",
-    "batch": "flows.batch:batch_inference",
-    "pipeline": "flows.pipeline:pipeline",
-}
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+PROG = "ollama-cloudrun"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SIGINT = 130  # 128 + the signal's number, as a shell reports a process a signal ended
+EXIT_SIGTERM = 143
+
+
+@dataclass(frozen=True)
+class FlowCommand:
+    summary: str  # one line for the command list
+    flow: str  # "module:function", imported only when the command runs
+    parameters: str  # "module:Model", the flow's one parameter (``params``); no Prefect import
+
+
+FLOWS: dict[str, FlowCommand] = {
+    "deploy": FlowCommand(
+        "Deploy Ollama with the model on a Cloud Run GPU service (or confirm it), then smoke-test.",
+        "flows.deploy:deploy",
+        "flows.parameters:DeployParameters",
+    ),
+    "smoke-test": FlowCommand(
+        "Check that the service answers with an ID token and time a short generation.",
+        "flows.smoke_test:smoke_test",
+        "flows.parameters:SmokeTestParameters",
+    ),
+    "batch": FlowCommand(
+        "Run prompts from Cloud Storage or local files through the service; results beside them.",
+        "flows.batch:batch_inference",
+        "flows.parameters:BatchParams",
+    ),
+    "teardown": FlowCommand(
+        "Delete the service, images, staging objects and service account (or sweep old ones).",
+        "flows.teardown:teardown",
+        "flows.parameters:TeardownParameters",
+    ),
+    "pipeline": FlowCommand(
+        "Deploy, smoke-test, run a batch and tear down, as one Prefect run.",
+        "flows.pipeline:pipeline",
+        "flows.parameters:PipelineParameters",
+    ),
+}
+SERVER_SUMMARY = "Run a local Prefect server (API and UI) that later commands use; Ctrl-C stops it."
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Raised by the CLI's handler (a BaseException, like KeyboardInterrupt, so
+    flows do not catch it) so that ``finally`` blocks and atexit (Prefect stops its temporary
+    server there) still run."""
+
+
+def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the cleanup finish
+    raise Terminated
+
+
+def _stop_reason(exc: BaseException) -> int | None:
+    """143 or 130 when ``exc`` (or what it was raised from) is a signal, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, Terminated) or type(current).__name__ == "TerminationSignal":
+            return EXIT_SIGTERM  # Prefect's own: its flow engine turns SIGTERM into one
+        if isinstance(current, KeyboardInterrupt):
+            return EXIT_SIGINT
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _stopped(command: str, code: int) -> NoReturn:
+    name = "SIGTERM" if code == EXIT_SIGTERM else "SIGINT"
+    typer.echo(f"{PROG} {command}: stopped by {name}", err=True)
+    raise typer.Exit(code)
+
+
+# -- env file and global options -----------------------------------------------------------
 
 
 def load_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (``#`` comments, blank lines and ``export`` allowed) into os.environ."""
+    """KEY=VALUE lines (tasks.env_files' rules) into os.environ."""
+    from tasks.env_files import EnvFileError, parse_env_file
+
     if not path.is_file():
         raise typer.BadParameter(f"env file {path} does not exist", param_hint="--env-file")
-    loaded: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise typer.BadParameter(
-                f"{path}:{number}: expected KEY=VALUE", param_hint="--env-file"
-            )
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        loaded[key.strip()] = value
+    try:
+        loaded = parse_env_file(path)
+    except EnvFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--env-file") from None
     os.environ.update(loaded)
     return loaded
 
 
-def _pop_env_file(argv: list[str]) -> tuple[list[str], Path | None]:
-    """Take ``--env-file PATH`` / ``--env-file=PATH`` out of argv (anywhere on the line)."""
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Global options may follow the command: move ``--env-file PATH`` and ``--verbose`` first."""
+    front: list[str] = []
     rest: list[str] = []
-    env_file: Path | None = None
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            rest += [arg, *args]
+        elif arg == "--env-file":
+            front += [arg, *([value] if (value := next(args, None)) is not None else [])]
+        elif arg.startswith("--env-file=") or arg in ("--verbose", "-v"):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command word of a hoisted argv (global options skipped)."""
     args = iter(argv)
     for arg in args:
         if arg == "--env-file":
-            value = next(args, None)
-            if value is None:
-                raise typer.BadParameter("needs a PATH", param_hint="--env-file")
-            env_file = Path(value)
-        elif arg.startswith("--env-file="):
-            env_file = Path(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-    return rest, env_file
+            next(args, None)
+        elif not arg.startswith("-"):
+            return "smoke-test" if arg == "smoke_test" else arg
+    return None
 
 
-def load_flow(target: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ollama-cloudrun")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
-# -- options from parameters ---------------------------------------------------------------
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {_version()}")
+        raise typer.Exit()
 
 
-def _option_type(annotation: Any) -> tuple[Any, str]:
-    """The CLI type for a field annotation, and a note for the help text."""
+# -- options from a parameter model --------------------------------------------------------
+
+
+def _option_type(annotation: Any) -> tuple[Any, str, str]:
+    """The CLI type for a field annotation, its metavar, and a note for the help text."""
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         inner = [a for a in get_args(annotation) if a is not type(None)]
         if len(inner) == 1:
             return _option_type(inner[0])
-        return str, ""
+        return str, "TEXT", ""
     if origin is Literal:
-        return str, "one of " + "/".join(str(a) for a in get_args(annotation)) + ";"
+        return str, "[" + "|".join(str(a) for a in get_args(annotation)) + "]", ""
     if origin is list and get_args(annotation) in ((str,), (int,), (float,)):
-        return list[get_args(annotation)[0]], "repeat for several;"  # type: ignore[misc]
-    if annotation in (str, int, float, bool):
-        return annotation, ""
-    if annotation is Path:
-        return Path, ""
-    return str, "JSON;"
+        item = get_args(annotation)[0]
+        return list[item], _METAVARS[item], "Repeat for several."  # type: ignore[valid-type]
+    if annotation in _METAVARS:
+        return annotation, _METAVARS[annotation], ""
+    return str, "JSON", ""
 
 
-def _fields(fn: Callable[..., Any]) -> list[tuple[str, Any, Any, str, str | None]]:
-    """(name, annotation, default, description, model-parameter) for every CLI option.
-
-    A field that is itself a model (a sub-model) gives one flat option per field of its own; its
-    model-parameter is then dotted (``params.engine``), so the value lands in the sub-model.
-    """
-    from pydantic import BaseModel
-
-    def model_fields(model: type[BaseModel], path: str) -> list[tuple[str, Any, Any, str, str]]:
-        leaves = []
-        for name, field in model.model_fields.items():
-            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-                leaves += model_fields(field.annotation, f"{path}.{name}")
-                continue
-            default = ... if field.is_required() else field.get_default(call_default_factory=True)
-            leaves.append((name, field.annotation, default, field.description or "", path))
-        return leaves
-
-    hints = inspect.get_annotations(getattr(fn, "fn", fn), eval_str=True)
-    found: list[tuple[str, Any, Any, str, str | None]] = []
-    for pname, param in inspect.signature(getattr(fn, "fn", fn)).parameters.items():
-        annotation = hints.get(pname, str)
-        model = _model_type(annotation)
-        if model is not None and issubclass(model, BaseModel):
-            found += model_fields(model, pname)
-        else:
-            default = ... if param.default is inspect.Parameter.empty else param.default
-            found.append((pname, annotation, default, "", None))
-    return found
-
-
-def _model_type(annotation: Any) -> Any:
-    from pydantic import BaseModel
-
-    candidates = [annotation, *get_args(annotation)]
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+_METAVARS: dict[Any, str] = {str: "TEXT", int: "INTEGER", float: "NUMBER", bool: "", Path: "PATH"}
 
 
 def _parse_value(annotation: Any, value: Any) -> Any:
-    _, note = _option_type(annotation)
-    if note == "JSON;" and isinstance(value, str):
+    if _option_type(annotation)[1] == "JSON" and isinstance(value, str):
         try:
             return json.loads(value)
         except json.JSONDecodeError:
@@ -159,14 +202,120 @@ def _parse_value(annotation: Any, value: Any) -> Any:
     return value
 
 
+def _load(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _validation_errors(exc: Any, sub_models: set[str]) -> str:
+    """pydantic's errors as ``--option: message`` (sub-model names dropped); a model rule's
+    message alone."""
+    found = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        loc = [str(p) for p in error["loc"] if p not in sub_models]
+        where = ".".join(loc).replace("_", "-")
+        found.append(f"--{where}: {message}" if where else message)
+    return "; ".join(found)
+
+
+def _shown_default(default: Any) -> str:
+    if default is None or default == []:
+        return ""  # the description says what happens without it
+    if isinstance(default, bool):
+        return "[default: yes]" if default else "[default: no]"
+    if isinstance(default, list):
+        return "[default: " + " ".join(str(d) for d in default) + "]"
+    return f"[default: {default}]"
+
+
+def _leaves(
+    model: type[BaseModel], path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Any, tuple[str, ...]]]:
+    """(name, field, path) for every option: a sub-model's fields become options of their own
+    (``engine.in_flight`` → ``--in-flight``); ``path`` says where the value goes."""
+    from pydantic import BaseModel as Model
+
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, Model):
+            yield from _leaves(sub, (*path, name))
+        else:
+            yield name, field, path
+
+
+def _nest(leaves: dict[str, tuple[str, ...]], given: dict[str, Any]) -> dict[str, Any]:
+    """Flat option values → the model's nested input."""
+    nested: dict[str, Any] = {}
+    for name, value in given.items():
+        target = nested
+        for part in leaves[name]:
+            target = target.setdefault(part, {})
+        target[name] = value
+    return nested
+
+
+def make_command(command: str, spec: FlowCommand) -> Callable[..., None]:
+    """A Typer command whose options are the fields of the flow's parameter model."""
+    from pydantic import ValidationError
+
+    model: type[BaseModel] = _load(spec.parameters)
+    leaves = {name: (field, path) for name, field, path in _leaves(model)}
+    parameters = []
+    for name, (field, _) in leaves.items():
+        cli_type, metavar, note = _option_type(field.annotation)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        shown = "[required]" if field.is_required() else _shown_default(default)
+        help_text = " ".join(x for x in (field.description or "", note, shown) if x)
+        flag = "--" + name.replace("_", "-")
+        decls = [f"{flag}/--no-{flag[2:]}"] if cli_type is bool else [flag]
+        option = typer.Option(
+            None, *decls, help=help_text, show_default=False, metavar=metavar or None
+        )
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type | None
+            )
+        )
+    sub_models = {part for _, path in leaves.values() for part in path}
+
+    def run(ctx: typer.Context, **options: Any) -> None:
+        given = {
+            name: _parse_value(leaves[name][0].annotation, value)
+            for name, value in options.items()
+            if value is not None and value != []
+        }
+        try:
+            params = model.model_validate(_nest({n: p for n, (_, p) in leaves.items()}, given))
+        except ValidationError as exc:
+            errors = _validation_errors(exc, sub_models)
+            typer.echo(f"Error: invalid parameters for {command}: {errors}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        verbose = bool(ctx.obj and ctx.obj.get("verbose"))
+        result = _run_flow(command, spec, params, verbose)
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+    signature = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        *parameters,
+    ]
+    run.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
+    run.__doc__ = spec.summary
+    return run
+
+
+# -- running a flow ------------------------------------------------------------------------
+
+
 def _quiet_console_tracebacks() -> None:
     """Prefect logs a failed run's traceback on the console; the CLI prints one paragraph."""
+    import logging
 
     def strip(record: logging.LogRecord) -> bool:
         record.exc_info, record.exc_text = None, None
         return True
 
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect._internal"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(
                 handler, logging.FileHandler
@@ -179,116 +328,180 @@ def _one_paragraph(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def make_command(command: str, fn: Callable[..., Any]) -> Callable[..., None]:
-    from pydantic import BaseModel, ValidationError
+@contextmanager
+def _prefect_server(verbose: bool) -> Iterator[None]:
+    """PREFECT_API_URL as configured, else the ``ollama-cloudrun server``, else a temporary one."""
+    from flows import prefect_api
 
-    fields = _fields(fn)
-    parameters = []
-    for name, annotation, default, description, _ in fields:
-        cli_type, note = _option_type(annotation)
-        shown = "required" if default is ... else f"default: {default}"
-        help_text = " ".join(x for x in (description, note, f"({shown})") if x)
-        flag = "--" + name.replace("_", "-")
-        decls = [f"{flag}/--no-{flag[2:]}"] if cli_type is bool else [flag]
-        parameters.append(
-            inspect.Parameter(
-                name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, *decls, help=help_text, show_default=False),
-                annotation=cli_type | None,
-            )
-        )
+    prefect_api.set_prefect_defaults()
+    if prefect_api.api_url_configured():
+        yield
+        return
+    running = prefect_api.running_server()
+    if running is not None:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    def run(**options: Any) -> None:
-        given = {k: v for k, v in options.items() if v is not None and v != []}
-        kwargs: dict[str, Any] = {}
-        models: dict[str, dict[str, Any]] = {}
-        for name, annotation, _, _, model_param in fields:
-            if name not in given:
-                continue
-            value = _parse_value(annotation, given[name])
-            if model_param is None:
-                kwargs[name] = value
-            else:
-                top, *subs = model_param.split(".")
-                values = models.setdefault(top, {})
-                for sub in subs:
-                    values = values.setdefault(sub, {})
-                values[name] = value
-        hints = inspect.get_annotations(getattr(fn, "fn", fn), eval_str=True)
-        sub_models = {p for f in fields if f[4] for p in f[4].split(".")[1:]}
+        typer.echo(f"Using the Prefect server of `{PROG} server` at {running.api_url}", err=True)
+        os.environ["PREFECT_API_URL"] = running.api_url  # for any child process
+        with temporary_settings(updates={PREFECT_API_URL: running.api_url}):
+            yield
+        return
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield  # Prefect itself says that it needs PREFECT_API_URL
+        return
+    log = None if verbose else prefect_api.temporary_server_log()
+    try:
         try:
-            for pname in {f[4].split(".")[0] for f in fields if f[4] is not None}:
-                model: type[BaseModel] = _model_type(hints[pname])
-                kwargs[pname] = model.model_validate(models.get(pname, {}))
-        except ValidationError as exc:
-            errors = "; ".join(
-                "--"
-                + ".".join(str(p) for p in e["loc"] if p not in sub_models).replace("_", "-")
-                + f": {e['msg']}"
-                if e["loc"]
-                else str(e["msg"])
-                for e in exc.errors()
-            )
-            typer.echo(f"Error: invalid parameters for {command}: {errors}", err=True)
-            raise typer.Exit(EXIT_USAGE) from None
-        _quiet_console_tracebacks()
-        try:
-            result = fn(**kwargs)
+            prefect_api.start_temporary_server(lambda line: typer.echo(line, err=True), log)
+        except Exception:  # it did not start: its log says why
+            if log is not None:
+                typer.echo(f"(the temporary Prefect server's log: {log})", err=True)
+                log = None
+            raise
+        yield
+    finally:
+        if log is not None:
+            log.unlink(missing_ok=True)
+
+
+def _run_flow(command: str, spec: FlowCommand, params: BaseModel, verbose: bool) -> Any:
+    """Run the flow in this process; exit 1 when it fails, 130/143 when a signal stops it."""
+    import asyncio
+
+    os.environ["OLLAMA_CLOUDRUN_PROGRESS"] = "1"
+    # Without a Prefect server the flow starts a temporary one; 20 s is too short on small hosts.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    try:
+        with _prefect_server(verbose):
+            fn = _load(spec.flow)  # imports Prefect, which sets up its console logging
+            if not verbose:
+                _quiet_console_tracebacks()
+            result = fn(params=params)
             if inspect.isawaitable(result):
                 result = asyncio.run(_await(result))
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # the flow failed: one paragraph, no traceback
-            typer.echo(f"Error: flow {command} failed: {_one_paragraph(exc)}", err=True)
-            raise typer.Exit(EXIT_FAILED) from None
-        typer.echo(json.dumps(result, indent=2, default=str))
+            return result
+    except typer.Exit:
+        raise
+    except BaseException as exc:  # the flow failed or a signal stopped it: one line each
+        code = _stop_reason(exc)
+        if verbose:
+            import traceback
 
-    run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    run.__doc__ = (inspect.getdoc(getattr(fn, "fn", fn)) or "").split("\n")[0]
-    return run
+            traceback.print_exception(exc)
+        if code is not None:
+            _stopped(command, code)
+        typer.echo(f"Error: flow {command} failed: {_one_paragraph(exc)}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def build_app(only: str | None = None) -> typer.Typer:
-    """The Typer app; with ``only``, only that flow's module is imported."""
-    app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+def _server_command(
+    ctx: typer.Context,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            metavar="PORT",
+            help="Port on 127.0.0.1 (Prefect's usual one).",
+        ),
+    ] = 4200,
+) -> None:
+    from flows import prefect_api
+
+    verbose = bool(ctx.obj and ctx.obj.get("verbose"))
+    try:
+        prefect_api.serve(lambda line: typer.echo(line, err=True), port=port, verbose=verbose)
+    except prefect_api.ServerError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except BaseException as exc:
+        code = _stop_reason(exc)
+        if code is None:
+            raise
+        _stopped("server", code)
+
+
+_server_command.__doc__ = SERVER_SUMMARY
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+def _stub(summary: str) -> Callable[[], None]:
+    def listed() -> None:
+        raise AssertionError("only the command being run is built in full")
+
+    listed.__doc__ = summary
+    return listed
+
+
+def build_app(command: str | None = None) -> typer.Typer:
+    """The Typer app; only ``command`` (if it is one of FLOWS) gets its options, so only its
+    parameter model is imported. The others are listed with their summary."""
+    app = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        rich_markup_mode=None,  # plain text, as click prints it
+        pretty_exceptions_enable=False,
+        help=f"Run the ollama-cloudrun flows (Ollama on Cloud Run GPUs) with their parameters. "
+        f"Global options may also follow the command. Exit status: 0 ok, {EXIT_FAILED} the "
+        f"flow failed, {EXIT_USAGE} bad parameters, {EXIT_SIGINT} SIGINT, {EXIT_SIGTERM} SIGTERM.",
+    )
 
     @app.callback()
-    def _group() -> None:
-        """Keep subcommands even when only one flow is loaded."""
+    def _global(
+        ctx: typer.Context,
+        env_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--env-file",
+                metavar="PATH",
+                help="Load KEY=VALUE lines into the environment first (e.g. the emulator's).",
+            ),
+        ] = None,
+        verbose: Annotated[
+            bool,
+            typer.Option("--verbose", "-v", help="Show tracebacks and Prefect's server output."),
+        ] = False,
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                callback=_print_version,
+                is_eager=True,
+                help="Print the version and exit.",
+            ),
+        ] = False,
+    ) -> None:
+        if env_file is not None:
+            load_env_file(env_file)
+        ctx.obj = {"verbose": verbose}
 
-    for command, target in FLOWS.items():
-        if only is not None and command != only:
-            continue
-        try:
-            fn = load_flow(target)
-        except (ImportError, AttributeError):
-            continue  # a flow written later, or not installed here: skip it
-        app.command(name=command)(make_command(command, fn))
+    for name, spec in FLOWS.items():
+        body = make_command(name, spec) if name == command else _stub(spec.summary)
+        app.command(name=name, help=spec.summary, short_help=spec.summary)(body)
+    app.command(name="server", help=SERVER_SUMMARY, short_help=SERVER_SUMMARY)(_server_command)
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    command = _command_name(args)
+    if command == "smoke-test":
+        args = [("smoke-test" if a == "smoke_test" else a) for a in args]
     try:
-        args, env_file = _pop_env_file(args)
-        if env_file is not None:
-            load_env_file(env_file)
-    except typer.BadParameter as exc:
-        typer.echo(f"Error: {exc.param_hint}: {exc.message}", err=True)
-        raise SystemExit(EXIT_USAGE) from None
-    os.environ["OLLAMA_CLOUDRUN_PROGRESS"] = "1"
-    # Without a Prefect server the flow starts a temporary one; 20 s is too short on small hosts.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    command = next((a for a in args if not a.startswith("-")), None)
-    if command == "smoke_test":
-        args[args.index(command)] = command = "smoke-test"
-    app = build_app(command if command in FLOWS else None)
-    app(args=args, prog_name="ollama-cloudrun")
+        build_app(command)(args=args, prog_name=PROG)
+    except (Terminated, KeyboardInterrupt) as exc:  # outside a command: while parsing
+        code = _stop_reason(exc) or EXIT_SIGTERM
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

@@ -10,29 +10,23 @@ service it created) and the run fails.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.transactions import Transaction, transaction
-from pydantic import Field
 
-from flows.smoke_test import SmokeTestParameters, smoke_test
+from flows.parameters import DeployParameters, SmokeTestParameters
+from flows.smoke_test import smoke_test
 from tasks import artifact_registry, cloud_build, cloud_run, iam, preflight, service_usage, storage
 from tasks.clients import GoogleCloud, resolve_cloud
 from tasks.errors import ConfigurationError
 from tasks.models import (
-    ACCOUNT_ID_PATTERN,
     DEPLOYMENT_LABEL,
-    IMAGE_NAME_PATTERN,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
-    REPOSITORY_PATTERN,
     RUN_LABEL,
-    GoogleCloudTarget,
-    ServiceSpec,
     label_value,
 )
 
@@ -46,47 +40,6 @@ SMOKE_SUMMARY_KEYS = (
     "first token (s)",
     "sample answer",
 )
-MachineType = Literal["E2_HIGHCPU_32", "E2_HIGHCPU_8", "N1_HIGHCPU_32", "N1_HIGHCPU_8", "E2_MEDIUM"]
-
-
-class DeployParameters(ServiceSpec, GoogleCloudTarget):
-    """Everything ``deploy`` needs; defaults are the tutorial's."""
-
-    repository: str = Field(
-        default="ollama", pattern=REPOSITORY_PATTERN, description="Artifact Registry repository"
-    )
-    image: str = Field(default="ollama-gemma", pattern=IMAGE_NAME_PATTERN, description="image name")
-    source_dir: str | None = Field(
-        default=None, description="build context (default: ollama-backend/)"
-    )
-    build_machine_type: MachineType = Field(
-        default="E2_HIGHCPU_32", description="Cloud Build machine type"
-    )
-    build_timeout_seconds: int = Field(
-        default=3600, ge=60, le=86400, description="Cloud Build timeout"
-    )
-    service_account_id: str = Field(
-        default="ollama",
-        pattern=ACCOUNT_ID_PATTERN,
-        description="runtime service account id (no roles)",
-    )
-    invoker: str | None = Field(
-        default=None,
-        pattern=r"^(user|serviceAccount|group):[^@\s]+@[^@\s]+$",
-        description="member granted roles/run.invoker (default: the caller's own identity)",
-    )
-    ready_timeout_seconds: float = Field(
-        default=1800.0, gt=0, description="wait for the service to be ready"
-    )
-    run_smoke_test: bool = Field(default=True, description="smoke-test the service after deploying")
-
-    @property
-    def spec(self) -> ServiceSpec:
-        return ServiceSpec(**{k: getattr(self, k) for k in ServiceSpec.model_fields})
-
-    @property
-    def context(self) -> Path:
-        return Path(self.source_dir) if self.source_dir else DEFAULT_SOURCE_DIR
 
 
 def managed_labels(service: str, run_name: str | None) -> dict[str, str]:

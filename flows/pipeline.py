@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
@@ -29,62 +29,14 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run as current_run
 from prefect.settings import PREFECT_UI_URL
-from pydantic import Field, model_validator
 
 from flows.batch import batch_inference
-from flows.deploy import DeployParameters, deploy
-from flows.teardown import TeardownParameters, teardown
+from flows.deploy import deploy
+from flows.parameters import PipelineParameters
+from flows.teardown import teardown
 from tasks.batch.manifest import BatchManifest
-from tasks.batch.params import BatchParams, BatchSettings
 
 PIPELINE_FLOW_NAME = "pipeline"
-
-
-class PipelineParameters(DeployParameters, BatchSettings):
-    """The deploy parameters (the tutorial's defaults), the batch settings (where the prompts and
-    results are, how they are sent) and whether the run owns its service."""
-
-    teardown: bool = Field(
-        True,
-        description="Delete the service, images, staging objects and service account at the "
-        "end (and, through the automation, after a failure or crash). False keeps a long-lived "
-        "service.",
-    )
-
-    @model_validator(mode="after")
-    def _batch_is_valid(self) -> Self:
-        self.batch_parameters()  # the batch's own rules (e.g. its target): fail before any call
-        return self
-
-    def deploy_parameters(self) -> DeployParameters:
-        return DeployParameters.model_validate(
-            {k: getattr(self, k) for k in DeployParameters.model_fields}
-        )
-
-    def batch_parameters(self) -> BatchParams:
-        """The batch settings as given, sent to the service this pipeline deploys."""
-        return BatchParams.model_validate(
-            {
-                **{k: getattr(self, k) for k in BatchSettings.model_fields},
-                "target": self.service,
-                "model": self.model,
-                "project": self.project,
-                "region": self.region,
-                "credentials_block": self.credentials_block,
-            }
-        )
-
-    def teardown_parameters(self) -> TeardownParameters:
-        return TeardownParameters.model_validate(
-            {
-                "project": self.project,
-                "credentials_block": self.credentials_block,
-                "service": self.service,
-                "region": self.region,
-                "repository": self.repository,
-                "service_account_id": self.service_account_id,
-            }
-        )
 
 
 @dataclass(frozen=True)

@@ -9,35 +9,13 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from pydantic import Field
 
+from flows.parameters import SmokeTestParameters
 from tasks import cloud_run, ollama
 from tasks.clients import resolve_cloud
 from tasks.errors import ConfigurationError, SmokeTestError
 from tasks.id_tokens import GoogleIdTokenAuth
-from tasks.models import MODEL_ANNOTATION, REGION_PATTERN, SERVICE_ID_PATTERN, GoogleCloudTarget
-
-
-class SmokeTestParameters(GoogleCloudTarget):
-    """Which service to test and how."""
-
-    service: str = Field(
-        default="ollama-gemma", pattern=SERVICE_ID_PATTERN, description="Cloud Run service id"
-    )
-    region: str = Field(
-        default="us-central1", pattern=REGION_PATTERN, description="Cloud Run region"
-    )
-    model: str | None = Field(
-        default=None,
-        description="model expected in /api/tags (default: the one the deploy recorded)",
-    )
-    prompt: str = Field(
-        default="Why is the sky blue?", min_length=1, description="prompt for the sample"
-    )
-    num_predict: int = Field(default=32, ge=1, le=4096, description="tokens to generate")
-    start_timeout_seconds: float = Field(
-        default=300.0, gt=0, description="how long to wait for the first instance (cold start)"
-    )
+from tasks.models import MODEL_ANNOTATION
 
 
 def _markdown(summary: dict[str, object]) -> str:

@@ -12,49 +12,18 @@ import datetime as dt
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from pydantic import Field
 
+from flows.parameters import TeardownParameters
 from tasks import artifact_registry, cloud_run, iam, storage
 from tasks.clients import resolve_cloud
 from tasks.models import (
-    ACCOUNT_ID_PATTERN,
     DEPLOYMENT_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
-    REGION_PATTERN,
-    REPOSITORY_PATTERN,
-    SERVICE_ID_PATTERN,
-    GoogleCloudTarget,
     label_value,
 )
 
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
-
-
-class TeardownParameters(GoogleCloudTarget):
-    """One deployment to delete, or (``sweep``) everything managed and older than ``ttl_hours``."""
-
-    service: str = Field(
-        default="ollama-gemma", pattern=SERVICE_ID_PATTERN, description="Cloud Run service id"
-    )
-    region: str = Field(
-        default="us-central1", pattern=REGION_PATTERN, description="region of the deployment"
-    )
-    repository: str = Field(
-        default="ollama", pattern=REPOSITORY_PATTERN, description="Artifact Registry repository"
-    )
-    service_account_id: str = Field(
-        default="ollama", pattern=ACCOUNT_ID_PATTERN, description="runtime service account id"
-    )
-    sweep: bool = Field(
-        default=False, description="delete every managed resource older than ttl_hours"
-    )
-    ttl_hours: float = Field(
-        default=24.0, ge=0, description="sweep: minimum age of what is deleted"
-    )
-    regions: list[str] = Field(
-        default_factory=lambda: ["us-central1"], description="sweep: regions to search"
-    )
 
 
 @flow(name="teardown")

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
 import httpx
+
+from tasks.env_files import EnvFileError, parse_env_file
+from tasks.processes import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREFECT_FILE = REPO_ROOT / "prefect.yaml"
@@ -60,24 +62,12 @@ class StackConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS just handed out on ``host`` (bound and released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (blank lines and ``#`` comments skipped); the emulator writes no quoting."""
-    env: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise StackError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
-        env[key.strip()] = value.strip()
+    """The emulator's env file (tasks.env_files' rules)."""
+    try:
+        env = parse_env_file(path)
+    except EnvFileError as exc:
+        raise StackError(str(exc)) from None
     return env
 
 
@@ -94,37 +84,10 @@ class _Child:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGINT to the group (Prefect's worker and server stop cleanly on it), then SIGKILL."""
-        pgid = self.process.pid
-        for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0)):
-            if self.process.poll() is not None:
-                break
-            _signal_group(pgid, sig)
-            try:
-                self.process.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        # Whatever is left in the group (a flow-run process, a model server) goes too.
-        _signal_group(pgid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait(timeout=10)
+        """SIGINT to the group (Prefect's worker and server stop cleanly on it), SIGTERM, then
+        SIGKILL to whatever is left in it (a flow-run process, a model server)."""
+        stop_process(self.process, grace=grace, signals=(signal.SIGINT, signal.SIGTERM), group=True)
         self.log_file.close()
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process is left in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 class LocalStack:

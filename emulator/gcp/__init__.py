@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from emulator.gcp.storage import die_with_parent
+from tasks.env_files import parse_env_file
+from tasks.processes import stop_process
 
 _FLAGS = {
     "project": "--project",
@@ -31,13 +32,7 @@ _FLAGS = {
 }
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key.strip()] = value.strip()
-    return env
+read_env_file = parse_env_file
 
 
 @dataclass
@@ -60,14 +55,7 @@ class GcpEmulatorProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (clean shutdown: fake-gcs-server and service backends stop), then SIGKILL."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, grace=timeout)
 
 
 def start_gcp_emulator(

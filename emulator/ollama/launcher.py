@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+
+from tasks.processes import stop_process
 
 
 @dataclass(frozen=True)
@@ -117,14 +118,7 @@ def _wait_http(server: OllamaServer, deadline: float) -> None:
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
+    stop_process(process, grace=timeout)
 
 
 def stop_ollama_server(server: OllamaServer, timeout: float = 10.0) -> None:

@@ -220,6 +220,11 @@ class LlamaModel:
         if limit == 0:
             reason = "length"
         else:
+            # Forget the previous generation: otherwise llama-cpp-python reuses the longest cached
+            # prefix and evaluates only the rest (one token for a repeated prompt). A different
+            # batch shape takes other matmul kernels on some CPUs (AVX-512), so the logits and the
+            # sampled text of the same seed would depend on what this slot ran before.
+            llm.reset()
             stream = llm.generate(
                 tokens,
                 top_k=opts.top_k,

@@ -5,9 +5,12 @@ us-central1 prices seen for 2026 (secondary sources): an assumption, so they are
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.batch.target import Target
+if TYPE_CHECKING:  # the CLI's help imports the parameter models: no Cloud Run client then
+    from tasks.batch.target import Target
 
 L4_USD_PER_SECOND = 0.0001867  # without zonal redundancy
 L4_ZONAL_REDUNDANCY_USD_PER_SECOND = 0.0002909

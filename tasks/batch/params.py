@@ -7,12 +7,20 @@ service is. The pipeline reuses ``BatchSettings`` and names the service itself.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.batch.cost import PriceAssumptions
-from tasks.batch.target import SERVICE_ID_RE, is_url
+
+# Cloud Run service ids; kept here (not in tasks.batch.target, which loads the Cloud Run client)
+# because the CLI's help imports this module.
+SERVICE_ID_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
+
+
+def is_url(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
 
 
 class EngineSettings(BaseModel):

@@ -16,10 +16,10 @@ from tasks.batch.engine import AdaptiveLimiter, RequestEngine
 from tasks.batch.inputs import InputFile, resolve_inputs
 from tasks.batch.ledger import IdLedger
 from tasks.batch.outputs import OutputScan, retire_superseded_errors, scan_output
-from tasks.batch.params import EngineSettings
+from tasks.batch.params import EngineSettings, is_url
 from tasks.batch.preflight import check_no_overlap, probe_output
 from tasks.batch.stores import ObjectInfo, ObjectStore
-from tasks.batch.target import Target, is_url, lookup_service, url_target
+from tasks.batch.target import Target, lookup_service, url_target
 from tasks.clients import GoogleCloud
 from tasks.errors import ConfigurationError
 from tasks.id_tokens import GoogleIdTokenAuth

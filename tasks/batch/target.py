@@ -6,15 +6,14 @@ resources (for the cost estimate) are read from Cloud Run Admin v2 through the o
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from google.cloud import run_v2
 
+from tasks.batch.params import SERVICE_ID_RE
 from tasks.clients import GoogleCloud, run_services_client
 from tasks.errors import ConfigurationError, ServiceNotReadyError, google_errors
 
-SERVICE_ID_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
 CLOUD_RUN_DEFAULT_CONCURRENCY = 80  # Cloud Run's default when the template leaves it 0
 CLOUD_RUN_DEFAULT_MAX_INSTANCES = 100
 
@@ -33,10 +32,6 @@ class Target:
     @property
     def slots(self) -> int:
         return self.max_instances * self.concurrency
-
-
-def is_url(target: str) -> bool:
-    return target.startswith(("http://", "https://"))
 
 
 def _cpu(value: str | None, default: float) -> float:

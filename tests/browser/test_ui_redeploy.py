@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from local.stack import LocalStack, StackConfig, group_alive, running_stack
+from local.stack import LocalStack, StackConfig, running_stack
+from tasks.processes import group_alive
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -1,0 +1,164 @@
+"""The flows' parameter models: pydantic only, so the CLI builds its options without Prefect.
+
+One model per flow (the Prefect UI renders it as a form); the flow modules import them from here.
+Deploy's defaults are the values of Google's "Ollama on Cloud Run GPUs" tutorial (tasks.models).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from tasks.batch.params import BatchParams, BatchSettings
+from tasks.models import (
+    ACCOUNT_ID_PATTERN,
+    IMAGE_NAME_PATTERN,
+    REGION_PATTERN,
+    REPOSITORY_PATTERN,
+    SERVICE_ID_PATTERN,
+    GoogleCloudTarget,
+    ServiceSpec,
+)
+
+MachineType = Literal["E2_HIGHCPU_32", "E2_HIGHCPU_8", "N1_HIGHCPU_32", "N1_HIGHCPU_8", "E2_MEDIUM"]
+
+
+class DeployParameters(ServiceSpec, GoogleCloudTarget):
+    """Everything ``deploy`` needs; defaults are the tutorial's."""
+
+    repository: str = Field(
+        default="ollama", pattern=REPOSITORY_PATTERN, description="Artifact Registry repository"
+    )
+    image: str = Field(default="ollama-gemma", pattern=IMAGE_NAME_PATTERN, description="image name")
+    source_dir: str | None = Field(
+        default=None, description="build context (default: ollama-backend/)"
+    )
+    build_machine_type: MachineType = Field(
+        default="E2_HIGHCPU_32", description="Cloud Build machine type"
+    )
+    build_timeout_seconds: int = Field(
+        default=3600, ge=60, le=86400, description="Cloud Build timeout"
+    )
+    service_account_id: str = Field(
+        default="ollama",
+        pattern=ACCOUNT_ID_PATTERN,
+        description="runtime service account id (no roles)",
+    )
+    invoker: str | None = Field(
+        default=None,
+        pattern=r"^(user|serviceAccount|group):[^@\s]+@[^@\s]+$",
+        description="member granted roles/run.invoker (default: the caller's own identity)",
+    )
+    ready_timeout_seconds: float = Field(
+        default=1800.0, gt=0, description="wait for the service to be ready"
+    )
+    run_smoke_test: bool = Field(default=True, description="smoke-test the service after deploying")
+
+    @property
+    def spec(self) -> ServiceSpec:
+        return ServiceSpec(**{k: getattr(self, k) for k in ServiceSpec.model_fields})
+
+    @property
+    def context(self) -> Path:
+        if self.source_dir:
+            return Path(self.source_dir)
+        from tasks.cloud_build import BUILD_CONTEXT  # here: it loads the Cloud Build client
+
+        return BUILD_CONTEXT
+
+
+class SmokeTestParameters(GoogleCloudTarget):
+    """Which service to test and how."""
+
+    service: str = Field(
+        default="ollama-gemma", pattern=SERVICE_ID_PATTERN, description="Cloud Run service id"
+    )
+    region: str = Field(
+        default="us-central1", pattern=REGION_PATTERN, description="Cloud Run region"
+    )
+    model: str | None = Field(
+        default=None,
+        description="model expected in /api/tags (default: the one the deploy recorded)",
+    )
+    prompt: str = Field(
+        default="Why is the sky blue?", min_length=1, description="prompt for the sample"
+    )
+    num_predict: int = Field(default=32, ge=1, le=4096, description="tokens to generate")
+    start_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="how long to wait for the first instance (cold start)"
+    )
+
+
+class TeardownParameters(GoogleCloudTarget):
+    """One deployment to delete, or (``sweep``) everything managed and older than ``ttl_hours``."""
+
+    service: str = Field(
+        default="ollama-gemma", pattern=SERVICE_ID_PATTERN, description="Cloud Run service id"
+    )
+    region: str = Field(
+        default="us-central1", pattern=REGION_PATTERN, description="region of the deployment"
+    )
+    repository: str = Field(
+        default="ollama", pattern=REPOSITORY_PATTERN, description="Artifact Registry repository"
+    )
+    service_account_id: str = Field(
+        default="ollama", pattern=ACCOUNT_ID_PATTERN, description="runtime service account id"
+    )
+    sweep: bool = Field(
+        default=False, description="delete every managed resource older than ttl_hours"
+    )
+    ttl_hours: float = Field(
+        default=24.0, ge=0, description="sweep: minimum age of what is deleted"
+    )
+    regions: list[str] = Field(
+        default_factory=lambda: ["us-central1"], description="sweep: regions to search"
+    )
+
+
+class PipelineParameters(DeployParameters, BatchSettings):
+    """The deploy parameters (the tutorial's defaults), the batch settings (where the prompts and
+    results are, how they are sent) and whether the run owns its service."""
+
+    teardown: bool = Field(
+        True,
+        description="Delete the service, images, staging objects and service account at the "
+        "end (and, through the automation, after a failure or crash). False keeps a long-lived "
+        "service.",
+    )
+
+    @model_validator(mode="after")
+    def _batch_is_valid(self) -> Self:
+        self.batch_parameters()  # the batch's own rules (e.g. its target): fail before any call
+        return self
+
+    def deploy_parameters(self) -> DeployParameters:
+        return DeployParameters.model_validate(
+            {k: getattr(self, k) for k in DeployParameters.model_fields}
+        )
+
+    def batch_parameters(self) -> BatchParams:
+        """The batch settings as given, sent to the service this pipeline deploys."""
+        return BatchParams.model_validate(
+            {
+                **{k: getattr(self, k) for k in BatchSettings.model_fields},
+                "target": self.service,
+                "model": self.model,
+                "project": self.project,
+                "region": self.region,
+                "credentials_block": self.credentials_block,
+            }
+        )
+
+    def teardown_parameters(self) -> TeardownParameters:
+        return TeardownParameters.model_validate(
+            {
+                "project": self.project,
+                "credentials_block": self.credentials_block,
+                "service": self.service,
+                "region": self.region,
+                "repository": self.repository,
+                "service_account_id": self.service_account_id,
+            }
+        )
