@@ -20,7 +20,8 @@ import uvicorn
 
 from emulator.gcp.app import create_app, create_emulator
 from emulator.gcp.auth import SERVICE_ACCOUNT_FILE
-from emulator.gcp.core import EmulatorConfig, write_json_atomic
+from emulator.gcp.config import EmulatorConfig
+from emulator.gcp.files import write_json_atomic
 from emulator.gcp.storage import StorageServer
 
 ENV_FILE = "emulator.env"

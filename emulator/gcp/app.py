@@ -33,23 +33,14 @@ from emulator.gcp import (
     resource_manager,
     service_usage,
 )
-from emulator.gcp.core import (
-    RUNTIME_CONFIG_FIELDS,
-    Backend,
-    BackendFactory,
-    Call,
-    Emulator,
-    EmulatorConfig,
-    GoogleApiError,
-    Route,
-    authenticate,
-    gate_project,
-    invalid_argument,
-    message_to_json,
-    require_enabled,
-    unimplemented,
-)
+from emulator.gcp.config import RUNTIME_CONFIG_FIELDS, EmulatorConfig
+from emulator.gcp.errors import GoogleApiError, invalid_argument, unimplemented
+from emulator.gcp.identity import authenticate
+from emulator.gcp.protojson import message_to_json
+from emulator.gcp.registry import Backend, BackendFactory, Emulator
 from emulator.gcp.request_log import RequestLog
+from emulator.gcp.routing import Call, Route, gate_project
+from emulator.gcp.service_usage.gate import require_enabled
 
 log = logging.getLogger("emulator.gcp")
 

@@ -35,18 +35,13 @@ from google.auth import crypt, jwt
 from google.auth.exceptions import GoogleAuthError
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from emulator.gcp.core import (
-    Call,
-    Route,
-    invalid_argument,
-    invalid_credentials,
-    not_found,
-    project_number,
-    write_json_atomic,
-)
+from emulator.gcp.errors import invalid_argument, invalid_credentials, not_found
+from emulator.gcp.files import write_json_atomic
+from emulator.gcp.projects import project_number
+from emulator.gcp.routing import Call, Route
 
 if TYPE_CHECKING:
-    from emulator.gcp.core import Emulator
+    from emulator.gcp.registry import Emulator
 
 ISSUER = "https://accounts.google.com"
 GOOGLE_TOKEN_URIS = (

@@ -21,10 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from google.cloud import cloudquotas_v1
 
-from emulator.gcp.core import Call, Route, invalid_argument, not_found, project_number
+from emulator.gcp.errors import invalid_argument, not_found
+from emulator.gcp.projects import project_number
+from emulator.gcp.routing import Call, Route
+from emulator.gcp.service_usage import ServiceUsageBackend
 
 if TYPE_CHECKING:
-    from emulator.gcp.core import Emulator
+    from emulator.gcp.registry import Emulator
 
 SERVICE = "cloudquotas.googleapis.com"
 RUN = "run.googleapis.com"
@@ -123,7 +126,7 @@ class CloudQuotasBackend:
 
     def limit(self, project: str, region: str, quota_id: str) -> int:
         """The value in force for one region (what Cloud Run admits against)."""
-        project_id = self.emulator.service_usage.resolve_project(project)
+        project_id = self.emulator.get(ServiceUsageBackend).resolve_project(project)
         by_region = self._values.get(project_id, {}).get(quota_id, {})
         return by_region.get(region, self.default(quota_id))
 
@@ -136,7 +139,7 @@ class CloudQuotasBackend:
         for quota_id, value in values.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise invalid_argument(f"{quota_id}: the value must be an integer >= 0.")
-        project_id = self.emulator.service_usage.resolve_project(project)
+        project_id = self.emulator.get(ServiceUsageBackend).resolve_project(project)
         for quota_id, value in values.items():
             self._values.setdefault(project_id, {}).setdefault(quota_id, {})[region] = value
         return {q: self.limit(project_id, region, q) for q in QUOTAS}
@@ -146,7 +149,7 @@ class CloudQuotasBackend:
             raise not_found(
                 f"QuotaInfo for service {service!r} and quota id {quota_id!r} was not found."
             )
-        project_id = self.emulator.service_usage.resolve_project(project)
+        project_id = self.emulator.get(ServiceUsageBackend).resolve_project(project)
         metric, unit, metric_name, quota_name = QUOTAS[quota_id]
         overrides = self._values.get(project_id, {}).get(quota_id, {})
         infos = [
@@ -197,7 +200,7 @@ class CloudQuotasBackend:
 
 def routes(emulator: Emulator) -> list[Route]:
     def backend() -> CloudQuotasBackend:
-        quotas: CloudQuotasBackend = emulator.backend("cloud_quotas")
+        quotas = emulator.get(CloudQuotasBackend)
         return quotas
 
     def get_quota_info(call: Call) -> cloudquotas_v1.QuotaInfo:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from emulator.gcp.core import Call, Route, invalid_argument, unauthenticated
+from emulator.gcp.errors import invalid_argument, unauthenticated
+from emulator.gcp.routing import Call, Route
+from emulator.gcp.service_usage import ServiceUsageBackend
 
 if TYPE_CHECKING:
-    from emulator.gcp.core import Emulator
+    from emulator.gcp.registry import Emulator
 
 SERVICE = "cloudresourcemanager.googleapis.com"
 ALL_MEMBERS = "*"
@@ -44,7 +46,7 @@ class ResourceManagerBackend:
 
     def deny(self, project: str, member: str, permissions: list[str]) -> list[str]:
         self._validate(permissions)
-        project_id = self.emulator.service_usage.resolve_project(project)
+        project_id = self.emulator.get(ServiceUsageBackend).resolve_project(project)
         denied = self._denied.setdefault(project_id, {}).setdefault(member, set())
         denied.update(permissions)
         return sorted(denied)
@@ -52,7 +54,7 @@ class ResourceManagerBackend:
     def test_permissions(self, project: str, caller: str, permissions: list[str]) -> list[str]:
         """The subset of `permissions` the caller holds, in the order asked."""
         self._validate(permissions)
-        project_id = self.emulator.service_usage.resolve_project(project)
+        project_id = self.emulator.get(ServiceUsageBackend).resolve_project(project)
         by_member = self._denied.get(project_id, {})
         denied = by_member.get(ALL_MEMBERS, set()) | by_member.get(member_of(caller), set())
         return [p for p in dict.fromkeys(permissions) if p not in denied]
@@ -85,7 +87,7 @@ class ResourceManagerBackend:
 
 def routes(emulator: Emulator) -> list[Route]:
     def backend() -> ResourceManagerBackend:
-        manager: ResourceManagerBackend = emulator.backend("resource_manager")
+        manager = emulator.get(ResourceManagerBackend)
         return manager
 
     def test_iam_permissions(call: Call) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from google.cloud import artifactregistry_v1, service_usage_v1
 from google.oauth2 import service_account
 
 from emulator.gcp.app import create_app, create_emulator
-from emulator.gcp.core import Emulator, EmulatorConfig
+from emulator.gcp.config import EmulatorConfig
+from emulator.gcp.registry import Emulator
 
 PROJECT = "test-project"
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]

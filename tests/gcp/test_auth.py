@@ -81,7 +81,7 @@ def test_assertion_signed_with_another_key_is_refused(local_gcp: LocalGcp) -> No
         creds.refresh(gar.Request())
 
 
-# Google's texts (see emulator/gcp/core.py for the sources), written out here so that a change
+# Google's texts (see emulator/gcp/errors.py for the sources), written out here so that a change
 # to the emulator's constants cannot pass unnoticed.
 MISSING = (
     "Request is missing required authentication credential. Expected OAuth 2 access token, login "

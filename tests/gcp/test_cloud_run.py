@@ -27,7 +27,8 @@ from google.protobuf import duration_pb2
 from emulator.gcp import cloud_run
 from emulator.gcp.app import api_routes, backend_factories, create_app
 from emulator.gcp.auth import TokenSigner
-from emulator.gcp.core import Emulator, EmulatorConfig
+from emulator.gcp.config import EmulatorConfig
+from emulator.gcp.registry import Emulator
 from tasks import ollama as ollama_tasks
 from tasks.errors import SmokeTestError
 

@@ -11,17 +11,17 @@ from google.cloud import artifactregistry_v1 as ar
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
-from emulator.gcp.core import (
+from emulator.gcp.errors import (
     GoogleApiError,
-    Operations,
-    Route,
     already_exists,
-    any_json,
     not_found,
     permission_denied,
-    project_number,
     resource_exhausted,
 )
+from emulator.gcp.operations import Operations
+from emulator.gcp.projects import project_number
+from emulator.gcp.protojson import any_json
+from emulator.gcp.routing import Route
 
 
 def _raised(error: GoogleApiError) -> exceptions.GoogleAPICallError:

@@ -7,7 +7,7 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import artifactregistry_v1, service_usage_v1
 
-from emulator.gcp.core import project_number
+from emulator.gcp.projects import project_number
 from tests.gcp.conftest import PROJECT, LocalGcp
 
 AR = "artifactregistry.googleapis.com"

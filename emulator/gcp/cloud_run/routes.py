@@ -1,0 +1,105 @@
+"""Cloud Run Admin API v2 routes, under `/v2/projects/{project}/locations/{location}/services`:
+create, list, get, patch, delete, and the service's getIamPolicy / setIamPolicy /
+testIamPermissions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from google.cloud import run_v2
+from google.iam.v1 import iam_policy_pb2, policy_pb2
+
+from emulator.gcp.cloud_run.backend import CloudRunBackend
+from emulator.gcp.cloud_run.spec import SERVICE
+from emulator.gcp.errors import invalid_argument
+from emulator.gcp.protojson import parse_pb
+from emulator.gcp.routing import Call, Route
+
+if TYPE_CHECKING:
+    from emulator.gcp.registry import Emulator
+
+
+def _backend(call: Call) -> CloudRunBackend:
+    return call.emulator.get(CloudRunBackend)
+
+
+def _ids(call: Call) -> tuple[str, str, str]:
+    return call.param("project"), call.param("location"), call.param("service")
+
+
+def _flag(call: Call, name: str) -> bool:
+    return call.query.get(name, "false").lower() in ("true", "1")
+
+
+def create(call: Call) -> dict[str, Any]:
+    return _backend(call).create_service(
+        call.param("project"),
+        call.param("location"),
+        call.query.get("serviceId", ""),
+        call.body,
+        call.caller,
+        _flag(call, "validateOnly"),
+    )
+
+
+def get(call: Call) -> run_v2.Service:
+    return _backend(call).get_service(*_ids(call))
+
+
+def list_(call: Call) -> dict[str, Any]:
+    q = call.query
+    size = q.get("pageSize", "0")
+    if not size.lstrip("-").isdigit():
+        raise invalid_argument(f"Invalid value at 'page_size' (TYPE_INT32), \"{size}\"")
+    return _backend(call).list_services(
+        call.param("project"), call.param("location"), int(size), q.get("pageToken", "")
+    )
+
+
+def update(call: Call) -> dict[str, Any]:
+    mask = [p for p in call.query.get("updateMask", "").split(",") if p]
+    return _backend(call).update_service(
+        *_ids(call),
+        call.body,
+        call.caller,
+        allow_missing=_flag(call, "allowMissing"),
+        update_mask=mask,
+        validate_only=_flag(call, "validateOnly"),
+    )
+
+
+def delete(call: Call) -> dict[str, Any]:
+    return _backend(call).delete_service(*_ids(call))
+
+
+def get_iam_policy(call: Call) -> policy_pb2.Policy:
+    return _backend(call).get_iam_policy(*_ids(call))
+
+
+def set_iam_policy(call: Call) -> policy_pb2.Policy:
+    request = parse_pb(call.body, iam_policy_pb2.SetIamPolicyRequest())
+    assert isinstance(request, iam_policy_pb2.SetIamPolicyRequest)
+    return _backend(call).set_iam_policy(*_ids(call), request.policy)
+
+
+def test_iam_permissions(call: Call) -> iam_policy_pb2.TestIamPermissionsResponse:
+    request = parse_pb(call.body, iam_policy_pb2.TestIamPermissionsRequest())
+    assert isinstance(request, iam_policy_pb2.TestIamPermissionsRequest)
+    granted = _backend(call).test_iam_permissions(*_ids(call), call.caller, request.permissions)
+    return iam_policy_pb2.TestIamPermissionsResponse(permissions=granted)
+
+
+def routes(emulator: Emulator) -> list[Route]:
+    base = "/v2/projects/{project}/locations/{location}/services"
+    one = base + "/{service}"
+    return [
+        Route("POST", base, create, SERVICE),
+        Route("GET", base, list_, SERVICE),
+        Route("GET", one, get, SERVICE),
+        Route("PATCH", one, update, SERVICE),
+        Route("DELETE", one, delete, SERVICE),
+        Route("GET", one + ":getIamPolicy", get_iam_policy, SERVICE),
+        Route("POST", one + ":setIamPolicy", set_iam_policy, SERVICE),
+        Route("POST", one + ":testIamPermissions", test_iam_permissions, SERVICE),
+    ]
