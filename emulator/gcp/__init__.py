@@ -15,22 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator.gcp.config import config_argv
 from emulator.gcp.storage import die_with_parent
 from tasks.env_files import parse_env_file
 from tasks.processes import stop_process
-
-_FLAGS = {
-    "project": "--project",
-    "ollama_engine": "--ollama-engine",
-    "stand_in_model": "--stand-in-model",
-    "gpu_quota": "--gpu-quota",
-    "build_seconds": "--build-seconds",
-    "propagation_delay_seconds": "--propagation-delay",
-    "token_lifetime_seconds": "--token-lifetime",
-    "operation_polls": "--operation-polls",
-    "host": "--host",
-}
-
 
 read_env_file = parse_env_file
 
@@ -69,8 +57,8 @@ def start_gcp_emulator(
 ) -> GcpEmulatorProcess:
     """Start the emulator with its state in `state_dir`; returns once the env file is written.
 
-    `config` takes EmulatorConfig field names (project, ollama_engine, stand_in_model, gpu_quota,
-    build_seconds, propagation_delay_seconds, token_lifetime_seconds, operation_polls).
+    `config` takes EmulatorConfig field names (project, ollama_engine, gpu_quota, build_seconds...):
+    each becomes its command-line flag (`emulator.gcp.config.config_argv`).
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,12 +66,7 @@ def start_gcp_emulator(
     env_path.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "emulator.gcp", "--state-dir", str(state_dir)]
     cmd += ["--port", str(port), "--env-file", str(env_path)]
-    for key, value in config.items():
-        if key not in _FLAGS:
-            raise TypeError(f"unknown emulator option {key!r}; known: {sorted(_FLAGS)}")
-        cmd += [_FLAGS[key], str(value)]
-    for key, value in (sim_env or {}).items():
-        cmd += ["--sim-env", f"{key}={value}"]
+    cmd += config_argv({**config, "sim_env": sim_env or {}})
     log_file = state_dir / "emulator.log"
     root = Path(__file__).resolve().parents[2]
     paths = [str(root), os.environ.get("PYTHONPATH", "")]

@@ -100,7 +100,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         info = EmulatorConfig.model_fields[name]
         kind = _plain_type(info.annotation)
         default = info.get_default(call_default_factory=True)
-        helptext = f"{setting(info).help} (default: {default})"
+        helptext = setting(info).help + (
+            f" (default: {default})" if default not in (None, {}) else ""
+        )
         options: dict[str, Any] = {"dest": name, "default": None, "help": helptext}
         if get_origin(kind) is Literal:
             options["choices"] = list(get_args(kind))

@@ -231,6 +231,50 @@ def test_image_missing_from_registry_fails_the_operation(run_env: RunEnv) -> Non
     assert "not found" in svc.terminal_condition.message
 
 
+def test_test_iam_permissions_answers_from_the_policy(run_env: RunEnv) -> None:
+    """The key file's account owns the project (every permission); others hold what the
+    service's policy grants them; a wildcard is a 400."""
+    client = run_env.client()
+    op = client.create_service(
+        parent=parent(), service=gpu_service(f"{IMAGE}:absent"), service_id=sid()
+    )
+    name = op.metadata.name
+    wanted = ["run.routes.invoke", "run.services.get", "run.services.setIamPolicy"]
+
+    def granted(email: str | None) -> list[str]:
+        return run_env.emulator.cloud_run.test_iam_permissions(
+            PROJECT, LOCATION, name.rsplit("/", 1)[-1], email, wanted
+        )
+
+    request = iam_policy_pb2.TestIamPermissionsRequest(resource=name, permissions=wanted)
+    assert list(client.test_iam_permissions(request=request).permissions) == wanted
+    invoker = "invoker@run-project.iam.gserviceaccount.com"
+    developer = "dev@run-project.iam.gserviceaccount.com"
+    assert granted(invoker) == [] and granted(None) == []
+    client.set_iam_policy(
+        request=iam_policy_pb2.SetIamPolicyRequest(
+            resource=name,
+            policy=policy_pb2.Policy(
+                bindings=[
+                    policy_pb2.Binding(
+                        role="roles/run.invoker", members=[f"serviceAccount:{invoker}"]
+                    ),
+                    policy_pb2.Binding(
+                        role="roles/run.developer", members=[f"serviceAccount:{developer}"]
+                    ),
+                ]
+            ),
+        )
+    )
+    assert granted(invoker) == ["run.routes.invoke"]
+    assert granted(developer) == ["run.routes.invoke", "run.services.get"]
+    assert granted(None) == []
+    with pytest.raises(gexc.BadRequest, match="wildcards"):
+        client.test_iam_permissions(
+            request=iam_policy_pb2.TestIamPermissionsRequest(resource=name, permissions=["run.*"])
+        )
+
+
 def test_not_found_conflict_and_allow_missing(run_env: RunEnv) -> None:
     client = run_env.client()
     name = f"{parent()}/services/{sid()}"
