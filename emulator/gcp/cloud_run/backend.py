@@ -75,6 +75,11 @@ class CloudRunBackend:
             )
         return record
 
+    def _admit(self, spec: run_v2.Service, project: str, location: str) -> None:
+        """Google's checks on a create or update: the spec, then the GPU quota."""
+        validate_service(spec, location)
+        self._check_quota(project, location, spec)
+
     def _check_quota(self, project: str, location: str, service: run_v2.Service) -> None:
         """Admission against the Cloud Quotas values in force (emulator/gcp/cloud_quotas.py)."""
         quotas = self._emulator.get(CloudQuotasBackend)
@@ -132,8 +137,7 @@ class CloudRunBackend:
         if key in self._services:
             raise GoogleApiError(409, "ALREADY_EXISTS", f"Resource '{service_id}' already exists.")
         spec.name = f"projects/{key[0]}/locations/{location}/services/{service_id}"
-        validate_service(spec, location)
-        self._check_quota(key[0], location, spec)
+        self._admit(spec, key[0], location)
         if validate_only:
             return self._validated_operation(spec)
         now = self._emulator.clock()
@@ -191,8 +195,7 @@ class CloudRunBackend:
         if update_mask:
             spec = merge_update(spec_of(record.service), spec, update_mask)
         spec.name = record.service.name
-        validate_service(spec, location)
-        self._check_quota(key[0], location, spec)
+        self._admit(spec, key[0], location)
         if validate_only:
             return self._validated_operation(spec)
         current = spec_of(record.service)
