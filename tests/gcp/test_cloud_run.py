@@ -232,8 +232,8 @@ def test_image_missing_from_registry_fails_the_operation(run_env: RunEnv) -> Non
 
 
 def test_test_iam_permissions_answers_from_the_policy(run_env: RunEnv) -> None:
-    """The key file's account owns the project (every permission); others hold what the
-    service's policy grants them; a wildcard is a 400."""
+    """The caller holds what the service's policy grants it plus what it holds on the project
+    (the emulated Resource Manager: an owner, less what a test denies); a wildcard is a 400."""
     client = run_env.client()
     op = client.create_service(
         parent=parent(), service=gpu_service(f"{IMAGE}:absent"), service_id=sid()
@@ -241,23 +241,26 @@ def test_test_iam_permissions_answers_from_the_policy(run_env: RunEnv) -> None:
     name = op.metadata.name
     wanted = ["run.routes.invoke", "run.services.get", "run.services.setIamPolicy"]
 
-    def granted(email: str | None) -> list[str]:
+    def tested() -> list[str]:
+        request = iam_policy_pb2.TestIamPermissionsRequest(resource=name, permissions=wanted)
+        return list(client.test_iam_permissions(request=request).permissions)
+
+    def granted(email: str) -> list[str]:
         return run_env.emulator.cloud_run.test_iam_permissions(
             PROJECT, LOCATION, name.rsplit("/", 1)[-1], email, wanted
         )
 
-    request = iam_policy_pb2.TestIamPermissionsRequest(resource=name, permissions=wanted)
-    assert list(client.test_iam_permissions(request=request).permissions) == wanted
-    invoker = "invoker@run-project.iam.gserviceaccount.com"
+    assert tested() == wanted  # the project's owner
+    run_env.emulator.backend("resource_manager").deny(PROJECT, "*", wanted)
+    assert tested() == []
     developer = "dev@run-project.iam.gserviceaccount.com"
-    assert granted(invoker) == [] and granted(None) == []
     client.set_iam_policy(
         request=iam_policy_pb2.SetIamPolicyRequest(
             resource=name,
             policy=policy_pb2.Policy(
                 bindings=[
                     policy_pb2.Binding(
-                        role="roles/run.invoker", members=[f"serviceAccount:{invoker}"]
+                        role="roles/run.invoker", members=[f"serviceAccount:{run_env.email}"]
                     ),
                     policy_pb2.Binding(
                         role="roles/run.developer", members=[f"serviceAccount:{developer}"]
@@ -266,9 +269,8 @@ def test_test_iam_permissions_answers_from_the_policy(run_env: RunEnv) -> None:
             ),
         )
     )
-    assert granted(invoker) == ["run.routes.invoke"]
+    assert tested() == ["run.routes.invoke"]
     assert granted(developer) == ["run.routes.invoke", "run.services.get"]
-    assert granted(None) == []
     with pytest.raises(gexc.BadRequest, match="wildcards"):
         client.test_iam_permissions(
             request=iam_policy_pb2.TestIamPermissionsRequest(resource=name, permissions=["run.*"])

@@ -16,7 +16,6 @@ from google.cloud import run_v2
 from google.iam.v1 import policy_pb2
 from google.protobuf import json_format
 
-from emulator.gcp.auth import admin_email
 from emulator.gcp.cloud_quotas import CloudQuotasBackend
 from emulator.gcp.cloud_run.revisions import Revisions, ServiceRecord
 from emulator.gcp.cloud_run.serving import Launcher, launch_ollama
@@ -41,6 +40,7 @@ from emulator.gcp.iam.policy import granted_permissions, replace_policy
 from emulator.gcp.ingress import Ingress, IngressRules
 from emulator.gcp.operations import Outcome, located_operation_name
 from emulator.gcp.protojson import message_to_json, parse_message, utc
+from emulator.gcp.resource_manager import ResourceManagerBackend
 from emulator.gcp.routing import lenient_page
 from emulator.gcp.service_usage import ServiceUsageBackend
 
@@ -241,11 +241,17 @@ class CloudRunBackend:
         caller: str | None,
         permissions: Iterable[str],
     ) -> list[str]:
-        """The permissions `caller` holds on the service: from its policy, plus the emulated
-        project's owner (the generated key file's account, which holds roles/owner)."""
+        """The permissions `caller` holds on the service (in the order asked): what the service's
+        policy grants, plus what the caller holds on the project, which IAM inherits (the
+        emulated Resource Manager: every authenticated identity owns the emulated project,
+        less the permissions a test denies)."""
         record = self._record(project, location, service_id)
-        owner = {admin_email(self._emulator.config.project): ["roles/owner"]}
-        return granted_permissions(record.policy, caller, permissions, owner)
+        asked = list(dict.fromkeys(permissions))
+        granted = set(granted_permissions(record.policy, caller, asked))
+        if caller is not None:
+            manager = self._emulator.get(ResourceManagerBackend)
+            granted.update(manager.test_permissions(record.project, caller, asked))
+        return [p for p in asked if p in granted]
 
     # -- operations ----------------------------------------------------------------------------
 

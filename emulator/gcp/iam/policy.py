@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.iam.v1 import policy_pb2
@@ -116,13 +116,11 @@ def identity_members(email: str | None) -> frozenset[str]:
 
 
 def granted_permissions(
-    policy: policy_pb2.Policy,
-    email: str | None,
-    permissions: Iterable[str],
-    inherited_roles: Mapping[str, Iterable[str]] | None = None,
+    policy: policy_pb2.Policy, email: str | None, permissions: Iterable[str]
 ) -> list[str]:
-    """TestIamPermissions: the requested permissions `email` holds, from the resource's policy
-    and the roles it inherits from the project (`inherited_roles`: email -> roles)."""
+    """TestIamPermissions on the resource's own policy: the requested permissions `email` (None:
+    anonymous) holds through its bindings. What it inherits from the project is the caller's to
+    add (emulator.gcp.resource_manager)."""
     requested = list(permissions)
     wildcards = [p for p in requested if "*" in p]
     if wildcards:  # google/iam/v1/iam_policy.proto, TestIamPermissionsRequest.permissions
@@ -132,6 +130,4 @@ def granted_permissions(
         )
     members = identity_members(email)
     roles = [b.role for b in policy.bindings if members & set(b.members)]
-    if email is not None and inherited_roles:
-        roles += list(inherited_roles.get(email, ()))
     return [p for p in requested if any(role_has(r, p) for r in roles)]
