@@ -1,7 +1,8 @@
 """Import cycles between the modules of a package: `python scripts/import_cycles.py emulator/gcp`.
 
 Every `import` / `from ... import` counts, type-only ones (`if TYPE_CHECKING:`) included, and
-an import names the module it imports, not its parent packages. Prints each cycle (a strongly
+an import names the module it imports, not its parent packages (`from pkg import mod` names
+`pkg.mod`). Prints each cycle (a strongly
 connected group of modules) and exits 1 when there is one.
 """
 
@@ -35,7 +36,9 @@ def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found |= {f"{base}.{a.name}" for a in node.names} | {base}
+            submodules = {f"{base}.{a.name}" for a in node.names} & known
+            # `from pkg import mod` imports the module; `from mod import name` imports mod.
+            found |= submodules if len(submodules) == len(node.names) else submodules | {base}
     return {m for m in found if m in known and m != name}
 
 

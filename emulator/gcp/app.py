@@ -33,9 +33,9 @@ from emulator.gcp import (
     resource_manager,
     service_usage,
 )
+from emulator.gcp.auth.identity import authenticate
 from emulator.gcp.config import RUNTIME_CONFIG_FIELDS, EmulatorConfig
 from emulator.gcp.errors import GoogleApiError, invalid_argument, unimplemented
-from emulator.gcp.identity import authenticate
 from emulator.gcp.protojson import message_to_json
 from emulator.gcp.registry import Backend, BackendFactory, Emulator
 from emulator.gcp.request_log import RequestLog

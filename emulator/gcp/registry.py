@@ -20,7 +20,7 @@ from emulator.gcp.files import write_json_atomic
 from emulator.gcp.operations import MetadataSource, Operations, Resolver
 
 if TYPE_CHECKING:
-    from emulator.gcp.auth import TokenSigner
+    from emulator.gcp.auth.tokens import TokenSigner
 
 
 class Backend(Protocol):

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 LIMIT = 20_000
 BODY_LIMIT = 256 * 1024
 LOG_PATH = "/_emulator/requests"
-# Credentials plumbing, not Google APIs under test (emulator/gcp/auth.py serves them).
+# Credentials plumbing, not Google APIs under test (emulator/gcp/auth serves them).
 UNLOGGED_PREFIXES = ("/_emulator/", "/token", "/computeMetadata/", "/oauth2/")
 
 
