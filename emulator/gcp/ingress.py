@@ -3,7 +3,8 @@
 Like Cloud Run's ingress, unless the service is public (allUsers, or the invoker IAM check
 disabled): no token (`X-Serverless-Authorization` or `Authorization: Bearer`) → 403; a token whose
 signature, audience (the service's URLs or custom audiences) or expiry is wrong → 401; a valid
-token whose email is not a member of `roles/run.invoker` (or allAuthenticatedUsers) → 403; at
+token whose email is not among the members its policy grants run.routes.invoke (roles/run.invoker
+and the roles that include it: `emulator.gcp.iam.policy`; or allAuthenticatedUsers) → 403; at
 most `max_instances × concurrency` requests in flight, streamed responses counted until their
 last byte → 429 with Cloud Run's text. Accepted requests are
 forwarded, streaming, to the service's current Ollama-compatible backend (503 while none is ready).
@@ -28,9 +29,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 TokenVerifier = Callable[[str, str], Mapping[str, Any]]
 
-INVOKER_ROLES = frozenset(
-    {"roles/run.invoker", "roles/run.admin", "roles/run.developer", "roles/owner", "roles/editor"}
-)
 NO_INSTANCE = (
     "The request was aborted because there was no available instance. Additional "
     "troubleshooting documentation can be found at: "
