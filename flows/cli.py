@@ -27,9 +27,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+from flows.cli_options import (
+    leaves as model_leaves,
+)
+from flows.cli_options import (
+    nest,
+    option_type,
+    parse_value,
+    shown_default,
+    validation_errors,
+)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -169,37 +180,7 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-# -- options from a parameter model --------------------------------------------------------
-
-
-def _option_type(annotation: Any) -> tuple[Any, str, str]:
-    """The CLI type for a field annotation, its metavar, and a note for the help text."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        inner = [a for a in get_args(annotation) if a is not type(None)]
-        if len(inner) == 1:
-            return _option_type(inner[0])
-        return str, "TEXT", ""
-    if origin is Literal:
-        return str, "[" + "|".join(str(a) for a in get_args(annotation)) + "]", ""
-    if origin is list and get_args(annotation) in ((str,), (int,), (float,)):
-        item = get_args(annotation)[0]
-        return list[item], _METAVARS[item], "Repeat for several."  # type: ignore[valid-type]
-    if annotation in _METAVARS:
-        return annotation, _METAVARS[annotation], ""
-    return str, "JSON", ""
-
-
-_METAVARS: dict[Any, str] = {str: "TEXT", int: "INTEGER", float: "NUMBER", bool: "", Path: "PATH"}
-
-
-def _parse_value(annotation: Any, value: Any) -> Any:
-    if _option_type(annotation)[1] == "JSON" and isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
+# -- options from a parameter model (flows/cli_options.py) --------------------------------
 
 
 def _load(target: str) -> Any:
@@ -207,65 +188,17 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def _validation_errors(exc: Any, sub_models: set[str]) -> str:
-    """pydantic's errors as ``--option: message`` (sub-model names dropped); a model rule's
-    message alone."""
-    found = []
-    for error in exc.errors():
-        message = str(error["msg"]).removeprefix("Value error, ")
-        loc = [str(p) for p in error["loc"] if p not in sub_models]
-        where = ".".join(loc).replace("_", "-")
-        found.append(f"--{where}: {message}" if where else message)
-    return "; ".join(found)
-
-
-def _shown_default(default: Any) -> str:
-    if default is None or default == []:
-        return ""  # the description says what happens without it
-    if isinstance(default, bool):
-        return "[default: yes]" if default else "[default: no]"
-    if isinstance(default, list):
-        return "[default: " + " ".join(str(d) for d in default) + "]"
-    return f"[default: {default}]"
-
-
-def _leaves(
-    model: type[BaseModel], path: tuple[str, ...] = ()
-) -> Iterator[tuple[str, Any, tuple[str, ...]]]:
-    """(name, field, path) for every option: a sub-model's fields become options of their own
-    (``engine.in_flight`` → ``--in-flight``); ``path`` says where the value goes."""
-    from pydantic import BaseModel as Model
-
-    for name, field in model.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, Model):
-            yield from _leaves(sub, (*path, name))
-        else:
-            yield name, field, path
-
-
-def _nest(leaves: dict[str, tuple[str, ...]], given: dict[str, Any]) -> dict[str, Any]:
-    """Flat option values → the model's nested input."""
-    nested: dict[str, Any] = {}
-    for name, value in given.items():
-        target = nested
-        for part in leaves[name]:
-            target = target.setdefault(part, {})
-        target[name] = value
-    return nested
-
-
 def make_command(command: str, spec: FlowCommand) -> Callable[..., None]:
     """A Typer command whose options are the fields of the flow's parameter model."""
     from pydantic import ValidationError
 
     model: type[BaseModel] = _load(spec.parameters)
-    leaves = {name: (field, path) for name, field, path in _leaves(model)}
+    leaves = {name: (field, path) for name, field, path in model_leaves(model)}
     parameters = []
     for name, (field, _) in leaves.items():
-        cli_type, metavar, note = _option_type(field.annotation)
+        cli_type, metavar, note = option_type(field.annotation)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
-        shown = "[required]" if field.is_required() else _shown_default(default)
+        shown = "[required]" if field.is_required() else shown_default(default)
         help_text = " ".join(x for x in (field.description or "", note, shown) if x)
         flag = "--" + name.replace("_", "-")
         decls = [f"{flag}/--no-{flag[2:]}"] if cli_type is bool else [flag]
@@ -281,14 +214,14 @@ def make_command(command: str, spec: FlowCommand) -> Callable[..., None]:
 
     def run(ctx: typer.Context, **options: Any) -> None:
         given = {
-            name: _parse_value(leaves[name][0].annotation, value)
+            name: parse_value(leaves[name][0].annotation, value)
             for name, value in options.items()
             if value is not None and value != []
         }
         try:
-            params = model.model_validate(_nest({n: p for n, (_, p) in leaves.items()}, given))
+            params = model.model_validate(nest({n: p for n, (_, p) in leaves.items()}, given))
         except ValidationError as exc:
-            errors = _validation_errors(exc, sub_models)
+            errors = validation_errors(exc, sub_models)
             typer.echo(f"Error: invalid parameters for {command}: {errors}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
         verbose = bool(ctx.obj and ctx.obj.get("verbose"))

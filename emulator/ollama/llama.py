@@ -225,18 +225,7 @@ class LlamaModel:
             # batch shape takes other matmul kernels on some CPUs (AVX-512), so the logits and the
             # sampled text of the same seed would depend on what this slot ran before.
             llm.reset()
-            stream = llm.generate(
-                tokens,
-                top_k=opts.top_k,
-                top_p=opts.top_p,
-                min_p=opts.min_p,
-                typical_p=opts.typical_p,
-                temp=opts.temperature,
-                repeat_penalty=opts.repeat_penalty,
-                frequency_penalty=opts.frequency_penalty,
-                presence_penalty=opts.presence_penalty,
-                grammar=grammar,
-            )
+            stream = self._sample(llm, tokens, opts, grammar)
             try:
                 for token in stream:
                     if not generated:
@@ -277,6 +266,22 @@ class LlamaModel:
                 eval_duration=end - first,
                 context=tuple(tokens) + tuple(generated),
             )
+        )
+
+    @staticmethod
+    def _sample(llm: Any, tokens: list[int], opts: Any, grammar: Any) -> Any:
+        """llama.cpp's token generator with the request's sampling options."""
+        return llm.generate(
+            tokens,
+            top_k=opts.top_k,
+            top_p=opts.top_p,
+            min_p=opts.min_p,
+            typical_p=opts.typical_p,
+            temp=opts.temperature,
+            repeat_penalty=opts.repeat_penalty,
+            frequency_penalty=opts.frequency_penalty,
+            presence_penalty=opts.presence_penalty,
+            grammar=grammar,
         )
 
     async def close(self) -> None:
