@@ -33,7 +33,7 @@ from tasks.batch.steps import (
     scan_existing_output,
 )
 from tasks.batch.stores import open_store
-from tasks.clients import resolve_cloud, storage_client
+from tasks.clients import caller_identity, credentials_identity, resolve_cloud, storage_client
 from tasks.id_tokens import GoogleIdTokenAuth
 
 SUMMARY_KEY = "batch-inference-summary"
@@ -66,7 +66,10 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
         f"via {target.uri} ({target.service or 'url'}, in flight {in_flight}); output holds "
         f"{scan.succeeded} results and {scan.failed} failed ids"
     )
-    id_tokens = GoogleIdTokenAuth(target.uri) if params.sends_id_tokens else None
+    id_tokens = None
+    if params.sends_id_tokens:  # the caller's own identity: the one the deploy granted invoker
+        who = caller_identity(cloud) if cloud else credentials_identity(params.credentials_block)
+        id_tokens = GoogleIdTokenAuth(target.uri, who.id_tokens)
     engine = build_engine(
         target, settings, model=params.model, in_flight=in_flight, id_tokens=id_tokens
     )

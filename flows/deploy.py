@@ -20,8 +20,7 @@ from prefect.transactions import Transaction, transaction
 from flows.parameters import DeployParameters, SmokeTestParameters
 from flows.smoke_test import smoke_test
 from tasks import artifact_registry, cloud_build, cloud_run, iam, preflight, service_usage, storage
-from tasks.clients import GoogleCloud, resolve_cloud
-from tasks.errors import ConfigurationError
+from tasks.clients import GoogleCloud, caller_identity, resolve_cloud
 from tasks.models import (
     DEPLOYMENT_LABEL,
     MANAGED_BY_LABEL,
@@ -50,14 +49,9 @@ def managed_labels(service: str, run_name: str | None) -> dict[str, str]:
 
 
 def caller_member(cloud: GoogleCloud) -> str:
-    """``serviceAccount:EMAIL`` of the credentials in use, for the invoker binding."""
-    email = getattr(cloud.credentials, "service_account_email", None)
-    if not email or "@" not in str(email):
-        raise ConfigurationError(
-            "Cannot tell the caller's identity from these credentials: pass "
-            "invoker='user:you@example.com' (never allUsers)"
-        )
-    return f"serviceAccount:{email}"
+    """The IAM member of the credentials in use (``serviceAccount:`` or ``user:``), for the invoker
+    binding: the identity whose ID tokens the smoke test and the batch then send."""
+    return caller_identity(cloud).member
 
 
 def console_links(project: str, params: DeployParameters) -> dict[str, str]:

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.parameters import SmokeTestParameters
 from tasks import cloud_run, ollama
-from tasks.clients import resolve_cloud
+from tasks.clients import caller_identity, resolve_cloud
 from tasks.errors import ConfigurationError, SmokeTestError
 from tasks.id_tokens import GoogleIdTokenAuth
 from tasks.models import MODEL_ANNOTATION
@@ -35,7 +35,7 @@ def smoke_test(params: SmokeTestParameters | None = None) -> dict[str, object]:
         raise ConfigurationError(f"Service {name} does not exist or has no uri; deploy it first")
     uri = service.uri
     model = params.model or service.annotations.get(MODEL_ANNOTATION) or "gemma2:9b"
-    auth = GoogleIdTokenAuth(uri)
+    auth = GoogleIdTokenAuth(uri, caller_identity(cloud).id_tokens)
 
     tags = ollama.list_models(uri, auth, params.start_timeout_seconds)
     if not any(m == model or m == f"{model}:latest" for m in tags.models):

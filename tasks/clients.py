@@ -3,7 +3,10 @@
 Only endpoints and credentials differ. Set ``OLLAMA_CLOUDRUN_API_ENDPOINT`` (the emulator's env file
 does) to send every control-plane API to one base URL; leave it unset for Google's own endpoints.
 Cloud Storage follows google-cloud-storage's own ``STORAGE_EMULATOR_HOST``.
-Credentials are Application Default Credentials, or a prefect-gcp ``GcpCredentials`` block by name.
+Credentials are Application Default Credentials, or a prefect-gcp ``GcpCredentials`` block by name,
+optionally impersonating a service account (``CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT``, gcloud's
+own setting). They are resolved here once; the caller's member and ID tokens come from the same
+credentials (``caller_identity``, ``tasks.identity``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,20 @@ from typing import Any
 
 import google.auth
 from google.api_core.client_options import ClientOptions
+from google.auth import impersonated_credentials
 from google.auth.credentials import Credentials
 from google.auth.transport.requests import AuthorizedSession
 from google.cloud import artifactregistry_v1, cloudquotas_v1, run_v2, service_usage_v1
 from google.cloud.devtools import cloudbuild_v1
 from google.cloud.storage import Client as StorageClient
+from google.oauth2 import credentials as user_credentials
+
+from tasks.identity import IAM_CREDENTIALS_ENDPOINT, Identity, identify
 
 API_ENDPOINT_ENV = "OLLAMA_CLOUDRUN_API_ENDPOINT"
+# gcloud's `auth/impersonate_service_account` property as an environment variable (gcloud reads
+# every property from CLOUDSDK_<SECTION>_<PROPERTY>: `gcloud topic configurations`).
+IMPERSONATE_ENV = "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 IAM_ENDPOINT = "https://iam.googleapis.com"
 RESOURCE_MANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
@@ -49,18 +59,39 @@ class GoogleCloud:
         return replace(self, enabled_at={**self.enabled_at, **enabled_at})
 
 
-def resolve_cloud(project: str | None = None, credentials_block: str | None = None) -> GoogleCloud:
-    """Credentials from a ``GcpCredentials`` block when named, else from ADC."""
+def resolve_credentials(credentials_block: str | None = None) -> tuple[Credentials, str | None]:
+    """The credentials every call of this run uses, and the project they name.
+
+    A ``GcpCredentials`` block when named, else ADC; impersonating
+    ``$CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT`` when set; refreshing at the emulator when
+    ``OLLAMA_CLOUDRUN_API_ENDPOINT`` is set.
+    """
+    project: str | None
     if credentials_block:
         from prefect_gcp import GcpCredentials
 
         block = GcpCredentials.load(credentials_block)
         credentials = block.get_credentials_from_service_account()
-        project = project or block.project
+        project = block.project
     else:
-        credentials, default_project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-        project = project or default_project
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        credentials, project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+    target = os.environ.get(IMPERSONATE_ENV) or None
+    if target:
+        credentials = impersonated_credentials.Credentials(
+            source_credentials=credentials,
+            target_principal=target,
+            target_scopes=[CLOUD_PLATFORM_SCOPE],
+        )
+    endpoint = os.environ.get(API_ENDPOINT_ENV) or None
+    if endpoint:
+        credentials = _to_endpoint(credentials, endpoint)
+    return credentials, project
+
+
+def resolve_cloud(project: str | None = None, credentials_block: str | None = None) -> GoogleCloud:
+    """Credentials (``resolve_credentials``), project and endpoint of this run."""
+    credentials, named_project = resolve_credentials(credentials_block)
+    project = project or named_project or os.environ.get("GOOGLE_CLOUD_PROJECT")
     if not project:
         raise ValueError(
             "No Google Cloud project: pass project=..., set GOOGLE_CLOUD_PROJECT, "
@@ -68,6 +99,45 @@ def resolve_cloud(project: str | None = None, credentials_block: str | None = No
         )
     endpoint = os.environ.get(API_ENDPOINT_ENV) or None
     return GoogleCloud(credentials=credentials, project=project, api_endpoint=endpoint)
+
+
+def _to_endpoint(credentials: Credentials, endpoint: str) -> Credentials:
+    """The same credentials, refreshing at ``endpoint`` (the emulator) instead of Google.
+
+    google-auth pins user credentials to oauth2.googleapis.com (``from_authorized_user_info``:
+    "always overrides") and impersonation to iamcredentials.googleapis.com unless given
+    ``iam_endpoint_override``; service-account keys carry their ``token_uri`` and the metadata
+    server follows ``GCE_METADATA_HOST``, so they need nothing.
+    """
+    base = endpoint.rstrip("/")
+    if isinstance(credentials, user_credentials.Credentials):
+        return credentials.with_token_uri(f"{base}/token")
+    if isinstance(credentials, impersonated_credentials.Credentials):
+        target = credentials.signer_email
+        return impersonated_credentials.Credentials(
+            source_credentials=_to_endpoint(credentials._source_credentials, endpoint),
+            target_principal=target,
+            target_scopes=credentials._target_scopes,
+            delegates=credentials._delegates,
+            iam_endpoint_override=(
+                f"{base}/v1/projects/-/serviceAccounts/{target}:generateAccessToken"
+            ),
+        )
+    return credentials
+
+
+def caller_identity(cloud: GoogleCloud) -> Identity:
+    """The caller's IAM member and ID-token source, from ``cloud``'s own credentials."""
+    return identify(
+        cloud.credentials, iam_credentials_endpoint=cloud.api_endpoint or IAM_CREDENTIALS_ENDPOINT
+    )
+
+
+def credentials_identity(credentials_block: str | None = None) -> Identity:
+    """``caller_identity`` where no project is needed (a batch against a plain URL)."""
+    credentials, _ = resolve_credentials(credentials_block)
+    endpoint = os.environ.get(API_ENDPOINT_ENV) or IAM_CREDENTIALS_ENDPOINT
+    return identify(credentials, iam_credentials_endpoint=endpoint)
 
 
 def _gapic_kwargs(cloud: GoogleCloud) -> dict[str, Any]:

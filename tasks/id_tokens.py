@@ -1,12 +1,11 @@
 """Google ID tokens for a private Cloud Run service, as an ``httpx.Auth``.
 
-``ollama.AsyncClient(host=uri, auth=GoogleIdTokenAuth(uri))`` (or ``ollama.Client``/``httpx``) then
-sends ``Authorization: Bearer <ID token>`` with the service's uri as audience; clients that are not
-httpx (the batch's aiohttp backend) call ``aget_token`` and, after a 401, ``arefresh``. Tokens come
-from ``google.oauth2.id_token.fetch_id_token_credentials`` (a service-account key file named by
-``GOOGLE_APPLICATION_CREDENTIALS``, or the metadata server), are refreshed ahead of expiry and once
-more when the service answers 401. The token is never logged, never in a repr and never in an
-exception message.
+``ollama.AsyncClient(host=uri, auth=GoogleIdTokenAuth(uri, tokens))`` (or ``ollama.Client``,
+``httpx``) then sends ``Authorization: Bearer <ID token>`` with the service's uri as audience;
+clients that are not httpx (the batch's aiohttp backend) call ``aget_token`` and, after a 401,
+``arefresh``. Tokens come from the caller's own credentials (``tasks.identity``, via
+``clients.caller_identity(cloud)``), are refreshed ahead of expiry and once more when the service
+answers 401. The token is never logged, never in a repr and never in an exception message.
 """
 
 from __future__ import annotations
@@ -15,11 +14,11 @@ import asyncio
 import datetime as dt
 import threading
 from collections.abc import AsyncGenerator, Generator
-from typing import Any
 
 import httpx
 
 from tasks.errors import IdTokenError
+from tasks.identity import IdTokenSource
 
 
 def _utcnow() -> dt.datetime:
@@ -34,7 +33,9 @@ class GoogleIdTokenAuth(httpx.Auth):
     may issue) are still reused instead of being fetched for every request.
     """
 
-    def __init__(self, audience: str, *, refresh_margin_seconds: float = 300.0) -> None:
+    def __init__(
+        self, audience: str, tokens: IdTokenSource, *, refresh_margin_seconds: float = 300.0
+    ) -> None:
         if not audience or not audience.startswith(("http://", "https://")):
             raise ValueError(
                 f"audience must be the service's URL (http[s]://...), got {audience!r}"
@@ -44,8 +45,7 @@ class GoogleIdTokenAuth(httpx.Auth):
         self.audience = audience
         self.refresh_margin_seconds = refresh_margin_seconds
         self._lock = threading.Lock()
-        self._credentials: Any = None
-        self._request: Any = None
+        self._tokens = tokens
         self._token: str | None = None
         self._expiry: dt.datetime | None = None
         self._fetched_at: dt.datetime | None = None
@@ -73,30 +73,20 @@ class GoogleIdTokenAuth(httpx.Auth):
             current = self._fresh_token()
             if current is not None and current != rejected:
                 return current
+            fetched_at = _utcnow()
             try:
-                if self._credentials is None:
-                    import google.auth.transport.requests
-                    from google.oauth2 import id_token
-
-                    self._request = google.auth.transport.requests.Request()
-                    self._credentials = id_token.fetch_id_token_credentials(
-                        self.audience, request=self._request
-                    )
-                fetched_at = _utcnow()
-                self._credentials.refresh(self._request)
+                token, expiry = self._tokens.fetch(self.audience)
+            except IdTokenError:
+                raise
             except Exception as exc:
                 raise IdTokenError(
                     f"Could not fetch a Google ID token for audience {self.audience}: "
-                    f"{type(exc).__name__}. Use a service-account key "
-                    "(GOOGLE_APPLICATION_CREDENTIALS) or run where the metadata server answers; "
-                    "user credentials from `gcloud auth application-default login` cannot mint "
-                    "ID tokens."
+                    f"{type(exc).__name__}"
                 ) from exc
-            token = self._credentials.token
             if not token:
                 raise IdTokenError(f"The ID token fetch for {self.audience} returned no token")
             self._token = token
-            self._expiry = self._credentials.expiry or fetched_at + dt.timedelta(hours=1)
+            self._expiry = expiry
             self._fetched_at = fetched_at
             self.refresh_count += 1
             return str(token)

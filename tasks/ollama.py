@@ -1,7 +1,7 @@
 """The deployed Ollama service, through the official ``ollama`` client with a Google ID token.
 
 Never through ``ollama``'s module-level helpers (they read OLLAMA_HOST at import): always a
-``Client(host=uri, auth=GoogleIdTokenAuth(uri))`` made here.
+``Client(host=uri, auth=GoogleIdTokenAuth(uri, tokens))`` made here.
 """
 
 from __future__ import annotations

@@ -247,10 +247,11 @@ def quota_limits(cloud: GoogleCloud, spec: ServiceSpec) -> dict[str, int]:
     return limits
 
 
-def check_id_token() -> Check:
+def check_id_token(cloud: GoogleCloud) -> Check:
+    """The caller's own credentials mint the ID token the smoke test will send."""
     try:
-        GoogleIdTokenAuth(PREFLIGHT_AUDIENCE).get_token()
-    except IdTokenError as exc:
+        GoogleIdTokenAuth(PREFLIGHT_AUDIENCE, clients.caller_identity(cloud).id_tokens).get_token()
+    except (IdTokenError, ConfigurationError) as exc:
         return Check("ID token", "failed", str(exc))
     return Check("ID token", "passed", "these credentials mint Google ID tokens")
 
@@ -259,7 +260,7 @@ def run_checks(cloud: GoogleCloud, spec: ServiceSpec, *, needs_id_token: bool) -
     logger = get_run_logger()
     checks = [check_region(spec)]
     checks.append(
-        check_id_token()
+        check_id_token(cloud)
         if needs_id_token
         else Check("ID token", "skipped", "no smoke test in this run")
     )

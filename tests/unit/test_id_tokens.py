@@ -1,4 +1,4 @@
-"""GoogleIdTokenAuth through google-auth's real service-account ID-token path.
+"""GoogleIdTokenAuth through google-auth's real service-account ID-token path (tasks.identity).
 
 A generated service-account key file whose ``token_uri`` points at a tiny local token endpoint (the
 same JWT-bearer grant Google's OAuth endpoint answers), and an httpx MockTransport standing in for
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
+import os
 import threading
 import time
 import urllib.parse
@@ -25,8 +27,22 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tasks.errors import IdTokenError
 from tasks.id_tokens import GoogleIdTokenAuth
+from tasks.identity import IdTokenSource, identify
 
 AUDIENCE = "http://127.0.0.1:9/"
+
+
+def _tokens() -> IdTokenSource:
+    """The ID-token source of the key file the fixture wrote."""
+    from google.oauth2 import service_account
+
+    path = os.environ["GOOGLE_APPLICATION_CREDENTIALS"]
+    return identify(service_account.Credentials.from_service_account_file(path)).id_tokens
+
+
+class _NoTokens:
+    def fetch(self, audience: str) -> tuple[str, dt.datetime]:
+        raise AssertionError("not fetched")
 
 
 def _b64(data: bytes) -> str:
@@ -125,7 +141,7 @@ def _service(state: TokenEndpoint, seen: list[str]) -> httpx.MockTransport:
 
 
 def test_sends_token_for_audience_and_reuses_it(token_endpoint: TokenEndpoint) -> None:
-    auth = GoogleIdTokenAuth(AUDIENCE)
+    auth = GoogleIdTokenAuth(AUDIENCE, _tokens())
     seen: list[str] = []
     with httpx.Client(transport=_service(token_endpoint, seen), auth=auth) as client:
         assert client.get(AUDIENCE + "api/tags").status_code == 200
@@ -135,7 +151,7 @@ def test_sends_token_for_audience_and_reuses_it(token_endpoint: TokenEndpoint) -
 
 
 def test_refreshes_once_on_401(token_endpoint: TokenEndpoint) -> None:
-    auth = GoogleIdTokenAuth(AUDIENCE)
+    auth = GoogleIdTokenAuth(AUDIENCE, _tokens())
     seen: list[str] = []
     with httpx.Client(transport=_service(token_endpoint, seen), auth=auth) as client:
         assert client.get(AUDIENCE).status_code == 200
@@ -150,7 +166,7 @@ def test_gives_up_after_one_retry(token_endpoint: TokenEndpoint) -> None:
     def always_401(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401)
 
-    auth = GoogleIdTokenAuth(AUDIENCE)
+    auth = GoogleIdTokenAuth(AUDIENCE, _tokens())
     with httpx.Client(transport=httpx.MockTransport(always_401), auth=auth) as client:
         assert client.get(AUDIENCE).status_code == 401
     assert len(token_endpoint.issued) == 2
@@ -158,7 +174,7 @@ def test_gives_up_after_one_retry(token_endpoint: TokenEndpoint) -> None:
 
 def test_refreshes_before_expiry(token_endpoint: TokenEndpoint) -> None:
     token_endpoint.lifetime = 2.0  # margin is capped at half the lifetime: 1 s
-    auth = GoogleIdTokenAuth(AUDIENCE, refresh_margin_seconds=300)
+    auth = GoogleIdTokenAuth(AUDIENCE, _tokens(), refresh_margin_seconds=300)
     first = auth.get_token()
     assert auth.get_token() == first
     time.sleep(1.1)
@@ -167,7 +183,7 @@ def test_refreshes_before_expiry(token_endpoint: TokenEndpoint) -> None:
 
 
 def test_async_concurrent_requests_share_one_fetch(token_endpoint: TokenEndpoint) -> None:
-    auth = GoogleIdTokenAuth(AUDIENCE)
+    auth = GoogleIdTokenAuth(AUDIENCE, _tokens())
     seen: list[str] = []
 
     async def main() -> list[int]:
@@ -180,7 +196,7 @@ def test_async_concurrent_requests_share_one_fetch(token_endpoint: TokenEndpoint
 
 
 def test_threads_share_one_fetch(token_endpoint: TokenEndpoint) -> None:
-    auth = GoogleIdTokenAuth(AUDIENCE)
+    auth = GoogleIdTokenAuth(AUDIENCE, _tokens())
     tokens: list[str] = []
     threads = [threading.Thread(target=lambda: tokens.append(auth.get_token())) for _ in range(8)]
     for t in threads:
@@ -192,12 +208,12 @@ def test_threads_share_one_fetch(token_endpoint: TokenEndpoint) -> None:
 
 
 def test_token_never_in_repr_or_error(token_endpoint: TokenEndpoint) -> None:
-    auth = GoogleIdTokenAuth(AUDIENCE)
+    auth = GoogleIdTokenAuth(AUDIENCE, _tokens())
     token = auth.get_token()
     assert token not in repr(auth)
     assert token not in str(vars(auth).get("audience"))
     token_endpoint.fail = True
-    fresh = GoogleIdTokenAuth(AUDIENCE)
+    fresh = GoogleIdTokenAuth(AUDIENCE, _tokens())
     with pytest.raises(IdTokenError, match="Could not fetch a Google ID token") as info:
         fresh.get_token()
     assert token not in str(info.value)
@@ -205,7 +221,7 @@ def test_token_never_in_repr_or_error(token_endpoint: TokenEndpoint) -> None:
 
 def test_rejects_non_url_audience() -> None:
     with pytest.raises(ValueError, match="audience must be the service's URL"):
-        GoogleIdTokenAuth("ollama-gemma")
+        GoogleIdTokenAuth("ollama-gemma", _NoTokens())
 
 
 def test_works_with_the_official_ollama_client(token_endpoint: TokenEndpoint) -> None:
@@ -217,6 +233,8 @@ def test_works_with_the_official_ollama_client(token_endpoint: TokenEndpoint) ->
         return httpx.Response(200, json={"models": [{"model": "gemma2:9b", "name": "gemma2:9b"}]})
 
     client = ollama.Client(
-        host=AUDIENCE, auth=GoogleIdTokenAuth(AUDIENCE), transport=httpx.MockTransport(handler)
+        host=AUDIENCE,
+        auth=GoogleIdTokenAuth(AUDIENCE, _tokens()),
+        transport=httpx.MockTransport(handler),
     )
     assert [m.model for m in client.list().models] == ["gemma2:9b"]
