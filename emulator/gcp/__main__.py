@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from emulator.gcp.app import create_app, create_emulator
 from emulator.gcp.auth import SERVICE_ACCOUNT_FILE
+from emulator.gcp.auth.user_credentials import USER_ADC_ENV, USER_ADC_FILE, authorized_user_info
 from emulator.gcp.config import EmulatorConfig, add_flags, config_from_flags
 from emulator.gcp.files import write_json_atomic
 from emulator.gcp.storage import StorageServer
@@ -97,7 +98,9 @@ def serve(config: EmulatorConfig, sock: socket.socket, files_dir: Path, env_file
     key_file = files_dir / SERVICE_ACCOUNT_FILE
     info = emulator.signer.service_account_info(config.project, f"{base_url}/token")
     write_json_atomic(key_file, info, mode=0o600)
-    env = client_env(config, key_file)
+    user_adc = files_dir / USER_ADC_FILE  # as `gcloud auth application-default login` writes it
+    write_json_atomic(user_adc, authorized_user_info(emulator.signer, config.project), mode=0o600)
+    env = {**client_env(config, key_file), USER_ADC_ENV: str(user_adc)}
 
     def started() -> None:
         tmp = env_file.with_name(f".{env_file.name}.tmp")

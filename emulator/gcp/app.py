@@ -30,6 +30,7 @@ from emulator.gcp import (
     cloud_quotas,
     cloud_run,
     iam,
+    iam_credentials,
     resource_manager,
     service_usage,
 )
@@ -57,6 +58,7 @@ def backend_factories() -> dict[str, BackendFactory]:
         "cloud_run": cloud_run.CloudRunBackend,
         "cloud_quotas": cloud_quotas.CloudQuotasBackend,
         "resource_manager": resource_manager.ResourceManagerBackend,
+        "service_account_policies": iam_credentials.ServiceAccountPolicies,
     }
     return factories
 
@@ -69,6 +71,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         *service_usage.routes(emulator),
         *artifact_registry.routes(emulator),
         *iam.routes(emulator),
+        *iam_credentials.routes(emulator),
         *auth.routes(emulator),
         *cloud_build.routes(emulator),
         *cloud_run.routes(emulator),

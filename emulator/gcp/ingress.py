@@ -2,7 +2,8 @@
 
 Like Cloud Run's ingress, unless the service is public (allUsers, or the invoker IAM check
 disabled): no token (`X-Serverless-Authorization` or `Authorization: Bearer`) → 403; a token whose
-signature, audience (the service's URLs or custom audiences) or expiry is wrong → 401; a valid
+signature, audience (the service's URLs, custom audiences, or for a user's token gcloud's OAuth
+clients: `auth.user_credentials.CLOUD_RUN_USER_AUDIENCES`) or expiry is wrong → 401; a valid
 token whose email is not among the members its policy grants run.routes.invoke (roles/run.invoker
 and the roles that include it: `emulator.gcp.iam.policy`; or allAuthenticatedUsers) → 403; at
 most `max_instances × concurrency` requests in flight, streamed responses counted until their
@@ -22,6 +23,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+
+from emulator.gcp.auth.user_credentials import CLOUD_RUN_USER_AUDIENCES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -149,7 +152,7 @@ def check_access(
     if token is None:
         return forbidden(path)
     claims: Mapping[str, Any] | None = None
-    for audience in rules.audiences:
+    for audience in (*rules.audiences, *CLOUD_RUN_USER_AUDIENCES):
         try:
             claims = verify(token, audience)
             break

@@ -1,6 +1,6 @@
 """Tokens as google-auth fetches them: the key file's token endpoint, the metadata server
-(in a subprocess: GCE_METADATA_HOST is read at import) and IAM Credentials generateIdToken; every
-admin API refuses a call without a valid access token with Google's 401."""
+(in a subprocess: GCE_METADATA_HOST is read at import); every admin API (IAM Credentials too:
+test_iam_credentials) refuses a call without a valid access token with Google's 401."""
 
 from __future__ import annotations
 
@@ -271,22 +271,6 @@ def test_official_client_without_or_with_a_bad_token_raises_unauthorized(
     # The same client with the key file's credentials is served.
     good = local_gcp.client(service_usage_v1.ServiceUsageClient)
     assert good.get_service(request={"name": name}).name.endswith("/services/run.googleapis.com")
-
-
-def test_generate_id_token(local_gcp: LocalGcp) -> None:
-    local_gcp.enable("iamcredentials.googleapis.com", "iam.googleapis.com")
-    session = AuthorizedSession(local_gcp.credentials())
-    sa = session.post(
-        f"{local_gcp.base_url}/v1/projects/{PROJECT}/serviceAccounts", json={"accountId": "invoker"}
-    ).json()
-    url = f"{local_gcp.base_url}/v1/projects/-/serviceAccounts/{sa['email']}:generateIdToken"
-    r = session.post(url, json={"audience": AUDIENCE, "includeEmail": True})
-    assert r.status_code == 200, r.text
-    claims = local_gcp.emulator.signer.verify_id_token(r.json()["token"], AUDIENCE)
-    assert claims["email"] == sa["email"]
-    assert httpx.post(url, json={"audience": AUDIENCE}).status_code == 401  # anonymous
-    missing = url.replace("invoker@", "nobody1@")
-    assert session.post(missing, json={"audience": AUDIENCE}).status_code == 404
 
 
 def test_metadata_requires_flavor_header(local_gcp: LocalGcp) -> None:

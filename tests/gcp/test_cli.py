@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ KEYS = {
     "OLLAMA_CLOUDRUN_API_ENDPOINT",
     "STORAGE_EMULATOR_HOST",
     "GOOGLE_APPLICATION_CREDENTIALS",
+    "OLLAMA_CLOUDRUN_USER_ADC",  # the ADC file `gcloud auth application-default login` writes
     "GOOGLE_CLOUD_PROJECT",
     "GCE_METADATA_HOST",
     "GCE_METADATA_IP",
@@ -66,6 +68,9 @@ def test_state_survives_restart_and_shutdown_is_clean(tmp_path: Path) -> None:
     emu = start_gcp_emulator(tmp_path, project=PROJECT)
     try:
         assert set(emu.env) == KEYS
+        assert json.loads(Path(emu.env["OLLAMA_CLOUDRUN_USER_ADC"]).read_text())["type"] == (
+            "authorized_user"
+        )
         assert emu.log_file.read_text().count("emulator.gcp listening on ") == 1
         base = emu.base_url
         creds = service_account.Credentials.from_service_account_file(

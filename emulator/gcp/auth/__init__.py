@@ -2,7 +2,8 @@
 
 `keys` (key material), `tokens` (TokenSigner: ID and access tokens, the key file's key),
 `identity` (who calls an API: the bearer access token, 401 as Google), `oauth` (the token
-endpoint), `metadata` (the metadata server), `routes` (their table, IAM Credentials, the certs).
+endpoint), `user_credentials` (a user's ADC file and its refresh-token grant), `metadata` (the
+metadata server), `routes` (their table and the certs).
 """
 
 from emulator.gcp.auth.keys import new_private_key as _new_key

@@ -1,7 +1,8 @@
 """`POST /token`: the jwt-bearer grant google-auth sends for a service-account key file whose
 `token_uri` points here. The assertion's signature is checked against the key file's public key;
-`scope` gets an access token, `target_audience` an ID token. Errors in OAuth's own shape
-(RFC 6749 §5.2), not Google's API error shape.
+`scope` gets an access token, `target_audience` an ID token. The refresh-token grant of user
+credentials (`gcloud auth application-default login`) is `user_credentials.refresh_grant`. Errors
+in OAuth's own shape (RFC 6749 §5.2), not Google's API error shape.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse, Response
 
+from emulator.gcp.auth import user_credentials
 from emulator.gcp.auth.tokens import InvalidToken, TokenSigner, admin_email
 from emulator.gcp.routing import Call
 
@@ -38,6 +40,8 @@ def token(call: Call) -> Response:
     signer, config = call.emulator.signer, call.emulator.config
     lifetime = config.token_lifetime_seconds
     form = {k: v[0] for k, v in parse_qs(call.raw_body.decode(errors="replace")).items()}
+    if form.get("grant_type") == user_credentials.REFRESH_GRANT:
+        return user_credentials.refresh_grant(signer, form, lifetime)
     if form.get("grant_type") != JWT_BEARER:
         return oauth_error("unsupported_grant_type", "Invalid grant_type.")
     own_uri = str(call.request.url).split("?", 1)[0]

@@ -1,42 +1,20 @@
-"""The auth routes: the OAuth token endpoint, the metadata server, IAM Credentials
-`generateIdToken` and the certs that verify the emulator's ID tokens.
-
-- `POST /v1/projects/-/serviceAccounts/{email}:generateIdToken` (iamcredentials.googleapis.com);
-- `GET /oauth2/v3/certs` (JWKS) and `/oauth2/v1/certs` (PEM).
+"""The auth routes: the OAuth token endpoint, the metadata server and the certs that verify the
+emulator's ID tokens (`GET /oauth2/v3/certs` JWKS, `/oauth2/v1/certs` PEM). IAM Credentials
+(`generateIdToken`, `generateAccessToken`) is `emulator.gcp.iam_credentials`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse, Response
 
 from emulator.gcp.auth import metadata, oauth
 from emulator.gcp.auth.keys import self_signed_cert
-from emulator.gcp.auth.tokens import admin_email
-from emulator.gcp.errors import invalid_argument, not_found
-from emulator.gcp.iam import IamBackend
 from emulator.gcp.routing import Call, Route
 
 if TYPE_CHECKING:
     from emulator.gcp.registry import Emulator
-
-IAM_CREDENTIALS = "iamcredentials.googleapis.com"
-
-
-def generate_id_token(call: Call) -> dict[str, Any]:
-    emulator, account = call.emulator, call.param("account")
-    default = admin_email(emulator.config.project)
-    found = emulator.get(IamBackend).find(call.param("project"), account)
-    email = found["email"] if found else account if account == default else None
-    if email is None:
-        raise not_found(f"Not found; Gaia id not found for email {account}")
-    audience = str(call.body.get("audience") or "")
-    if not audience:
-        raise invalid_argument("audience must be set.")
-    include_email = bool(call.body.get("includeEmail", False))
-    lifetime = emulator.config.token_lifetime_seconds
-    return {"token": emulator.signer.mint_id_token(email, audience, lifetime, include_email)}
 
 
 def jwks(call: Call) -> Response:
@@ -50,7 +28,7 @@ def pem_certs(call: Call) -> Response:
 
 def routes(emulator: Emulator) -> list[Route]:
     # Google serves these without credentials: the OAuth token endpoint, the metadata server and
-    # the certs. IAM Credentials is an ordinary API: it requires an access token.
+    # the certs. (IAM Credentials is an ordinary API requiring an access token: iam_credentials.)
     accounts = "/computeMetadata/v1/instance/service-accounts/{account}"
     return [
         Route("POST", "/token", oauth.token, anonymous=True),
@@ -63,12 +41,6 @@ def routes(emulator: Emulator) -> list[Route]:
             "/computeMetadata/v1/universe/universe-domain",
             metadata.universe,
             anonymous=True,
-        ),
-        Route(
-            "POST",
-            "/v1/projects/{project}/serviceAccounts/{account}:generateIdToken",
-            generate_id_token,
-            IAM_CREDENTIALS,
         ),
         Route("GET", "/oauth2/v3/certs", jwks, anonymous=True),
         Route("GET", "/oauth2/v1/certs", pem_certs, anonymous=True),

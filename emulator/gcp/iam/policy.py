@@ -13,6 +13,9 @@ Role -> permission mapping (the few roles this project uses; a permission patter
   roles/viewer = read-only (*.get, *.list, *.getIamPolicy). "By default, only project owners and
   editors can create, update, delete, or invoke Cloud Run resources, and only project owners and
   Cloud Run Admins can modify IAM policies" (https://cloud.google.com/run/docs/securing/managing-access).
+- Service account roles, https://cloud.google.com/iam/docs/service-account-permissions :
+  roles/iam.serviceAccountTokenCreator = getAccessToken, getOpenIdToken, implicitDelegation,
+  signBlob, signJwt (plus get/list); roles/iam.serviceAccountOpenIdTokenCreator = getOpenIdToken.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ _RUN_DEVELOP = (
     "run.routes.*", "run.revisions.*", "run.configurations.*", "run.operations.*",
 )  # fmt: skip
 
+_TOKEN_CREATOR = (
+    "iam.serviceAccounts.getAccessToken", "iam.serviceAccounts.getOpenIdToken",
+    "iam.serviceAccounts.implicitDelegation", "iam.serviceAccounts.signBlob",
+    "iam.serviceAccounts.signJwt", "iam.serviceAccounts.get", "iam.serviceAccounts.list",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Role:
@@ -59,6 +68,8 @@ ROLES: dict[str, Role] = {
     "roles/run.developer": Role(_RUN_DEVELOP),
     "roles/run.viewer": Role(_RUN_READ),
     "roles/run.invoker": Role((INVOKE, "run.jobs.run", "run.jobs.runWithOverrides")),
+    "roles/iam.serviceAccountTokenCreator": Role(_TOKEN_CREATOR),
+    "roles/iam.serviceAccountOpenIdTokenCreator": Role(("iam.serviceAccounts.getOpenIdToken",)),
 }
 _MEMBER = re.compile(r"^(user|serviceAccount|group|domain|principal|principalSet):.+")
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
