@@ -70,7 +70,8 @@ def resolve_credentials(credentials_block: str | None = None) -> tuple[Credentia
     if credentials_block:
         from prefect_gcp import GcpCredentials
 
-        block = GcpCredentials.load(credentials_block)
+        # _sync: inside an async flow (batch) load() would otherwise return a coroutine.
+        block = GcpCredentials.load(credentials_block, _sync=True)
         credentials = block.get_credentials_from_service_account()
         project = block.project
     else:
