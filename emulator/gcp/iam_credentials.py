@@ -34,7 +34,7 @@ from emulator.gcp.auth.tokens import admin_email
 from emulator.gcp.errors import GoogleApiError, invalid_argument, not_found
 from emulator.gcp.iam import IamBackend
 from emulator.gcp.iam.policy import identity_members, members_with, replace_policy
-from emulator.gcp.iam.spec import UNKNOWN_ACCOUNT
+from emulator.gcp.iam.spec import UNKNOWN_ACCOUNT, unknown_fields
 from emulator.gcp.routing import Call, Route
 
 if TYPE_CHECKING:
@@ -44,6 +44,13 @@ IAM_SERVICE = "iam.googleapis.com"
 CREDENTIALS_SERVICE = "iamcredentials.googleapis.com"
 GET_ACCESS_TOKEN = "iam.serviceAccounts.getAccessToken"
 GET_OPENID_TOKEN = "iam.serviceAccounts.getOpenIdToken"
+# The request messages' fields (discovery document iamcredentials.v1).
+REQUEST_FIELDS = {
+    "GenerateAccessTokenRequest": frozenset({"delegates", "lifetime", "scope"}),
+    "GenerateIdTokenRequest": frozenset(
+        {"audience", "delegates", "includeEmail", "organizationNumberIncluded"}
+    ),
+}
 MAX_LIFETIME_SECONDS = 3600  # without the org policy that extends it (generateAccessToken docs)
 _LIFETIME = re.compile(r"^(\d+)(\.\d+)?s$")
 
@@ -153,7 +160,14 @@ def routes(emulator: Emulator) -> list[Route]:
             holder = email
         return holder
 
+    def known_fields(call: Call, request: str) -> None:
+        """Google's 400 for a body field its request message does not declare."""
+        unknown = set(call.body) - REQUEST_FIELDS[request]
+        if unknown:
+            raise unknown_fields(unknown)
+
     def generate_access_token(call: Call) -> dict[str, Any]:
+        known_fields(call, "GenerateAccessTokenRequest")
         email = authorize(call, GET_ACCESS_TOKEN)
         if not call.body.get("scope"):
             raise invalid_argument("Scope must be specified.")
@@ -168,6 +182,7 @@ def routes(emulator: Emulator) -> list[Route]:
         }
 
     def generate_id_token(call: Call) -> dict[str, Any]:
+        known_fields(call, "GenerateIdTokenRequest")
         email = authorize(call, GET_OPENID_TOKEN)
         audience = str(call.body.get("audience") or "")
         if not audience:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.auth.transport.requests import AuthorizedSession
 from google.oauth2 import service_account
@@ -27,6 +28,8 @@ from emulator.gcp.auth import admin_email
 from emulator.gcp.auth.user_credentials import USER_ADC_ENV, USER_EMAIL
 from flows.pipeline import PipelineParameters, pipeline
 from tasks import clients
+from tests.gcp.discovery import Judge
+from tests.gcp.test_discovery_conformance import _recorded
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +95,7 @@ def test_impersonated_service_account_adc(
 ) -> None:
     """What `gcloud auth application-default login --impersonate-service-account SA` writes."""
     base, project = gcp_env["OLLAMA_CLOUDRUN_API_ENDPOINT"], gcp_env["GOOGLE_CLOUD_PROJECT"]
+    httpx.delete(f"{base}/_emulator/requests", timeout=30).raise_for_status()
     admin = _admin_session(gcp_env)
     admin.post(
         f"{base}/v1/projects/{project}/services:batchEnable",
@@ -120,6 +124,15 @@ def test_impersonated_service_account_adc(
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     result = _pipeline(run)
     _assert_ran_as(run, result, f"serviceAccount:{target}")
+
+    # IAM v1 policies and IAM Credentials, as the run used them, judged by Google's documents.
+    recorded = _recorded(base)
+    paths = " ".join(e.path for e in recorded)
+    for verb in (":setIamPolicy", ":generateAccessToken", ":generateIdToken"):
+        assert verb in paths, verb
+    judge = Judge()
+    violations = [v for exchange in recorded for v in judge.violations(exchange)]
+    assert violations == [], "\n".join(violations[:40])
 
 
 def test_gcp_credentials_block_is_the_only_identity(

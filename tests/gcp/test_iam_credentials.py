@@ -76,6 +76,9 @@ def test_tokens_need_the_token_creator_role_on_the_account(
     assert signer.verify_id_token(r.json()["token"], AUDIENCE)["email"] == target
 
     assert httpx.post(_gen(local_gcp, target, "generateIdToken"), json={}).status_code == 401
+    unknown = session.post(_gen(local_gcp, target, "generateIdToken"), json={"audiences": ["a"]})
+    assert unknown.status_code == 400
+    assert 'Unknown name "audiences"' in unknown.json()["error"]["message"]
     missing = session.post(
         _gen(local_gcp, f"nobody1@{PROJECT}.iam.gserviceaccount.com", "generateIdToken")
     )
