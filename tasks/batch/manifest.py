@@ -146,8 +146,10 @@ class RunClock:
     @classmethod
     def start(cls) -> RunClock:
         now = dt.datetime.now(dt.UTC)
+        # Microseconds: shard names order runs (outputs.shard_order), and two runs often start
+        # within one second.
         return cls(
-            now, time.monotonic(), now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+            now, time.monotonic(), now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
         )
 
 
