@@ -34,6 +34,7 @@ from tasks.batch.steps import (
 )
 from tasks.batch.stores import open_store
 from tasks.clients import caller_identity, credentials_identity, resolve_cloud, storage_client
+from tasks.errors import BatchFailedError
 from tasks.id_tokens import GoogleIdTokenAuth
 
 SUMMARY_KEY = "batch-inference-summary"
@@ -83,6 +84,7 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
         shard_size=params.shard_size,
         retry_errors=params.retry_errors,
         max_line_bytes=params.max_line_bytes,
+        max_attempts_per_id=params.max_attempts_per_id,
     )
     totals = await run_shards(
         shards,
@@ -112,4 +114,6 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
         f"batch {clock.token} done in {manifest.timings.duration_s:.1f} s: {counts.succeeded} "
         f"succeeded, {counts.failed} failed, {counts.skipped} skipped; manifest {manifest.uri}"
     )
+    if manifest.failure:  # everything is written; the run still ends Failed (failure policy)
+        raise BatchFailedError(f"batch {clock.token}: {manifest.failure}; manifest {manifest.uri}")
     return manifest.model_dump(mode="json")

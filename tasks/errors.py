@@ -157,7 +157,8 @@ class BatchError(OllamaCloudRunError):
         ├── OutputLocationError      the output overlaps the input or cannot be written (also
         │                            ConfigurationError); found before any prompt is sent
         ├── ObjectExistsError        a create-only write found its name taken
-        └── IncompleteResponseError  a response ended before its final part (transient)
+        ├── IncompleteResponseError  a response ended before its final part (transient)
+        └── BatchFailedError         the run wrote everything but broke its failure policy
 
     A bad input *line* is no exception: it becomes an error record (``tasks.batch.records``).
     """
@@ -178,3 +179,8 @@ class ObjectExistsError(BatchError):
 
 class IncompleteResponseError(BatchError):
     """A response ended before its final part (a stream cut short, no choices): retried."""
+
+
+class BatchFailedError(BatchError):
+    """The run wrote every shard and its manifest, but more prompts (or input lines) failed than
+    its failure policy allows (``tasks.batch.policy``): the flow run ends Failed."""

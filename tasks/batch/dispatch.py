@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -21,7 +22,7 @@ from tasks.batch.engine import LatencyHistogram, RequestEngine
 from tasks.batch.outputs import ShardWriter
 from tasks.batch.plan import PlanStats, Shard
 from tasks.batch.progress import ProgressReporter
-from tasks.batch.records import error_record
+from tasks.batch.records import error_kind, error_record
 
 PROGRESS_KEY = "batch-inference-progress"
 
@@ -35,6 +36,7 @@ class ShardResult:
     problem_bytes: int
     written: list[str]
     latency: LatencyHistogram
+    error_kinds: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RunTotals:
     problem_bytes: int = 0
     written: list[str] = field(default_factory=list)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    error_kinds: Counter[str] = field(default_factory=Counter)  # "HTTP 500", "input: ..."
 
     def add(self, shard: ShardResult) -> None:
         self.succeeded += shard.succeeded
@@ -55,6 +58,7 @@ class RunTotals:
         self.problem_bytes += shard.problem_bytes
         self.written += shard.written
         self.latency.merge(shard.latency)
+        self.error_kinds.update(shard.error_kinds)
 
 
 @task(
@@ -82,6 +86,7 @@ async def process_shard(
         problem_bytes=sum(p.size for p in shard.problems),
         written=written,
         latency=histogram,
+        error_kinds=Counter(error_kind(record) for record in errors),
     )
 
 

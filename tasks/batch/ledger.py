@@ -34,7 +34,8 @@ class IdLedger:
         self._db = sqlite3.connect("", check_same_thread=False)
         self._db.executescript(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2048;"
-            "CREATE TABLE ids (key BLOB PRIMARY KEY, state INTEGER NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE ids (key BLOB PRIMARY KEY, state INTEGER NOT NULL,"
+            " tries INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
             "CREATE TABLE places (key BLOB PRIMARY KEY, newest TEXT NOT NULL) WITHOUT ROWID;"
         )
         self.places = False  # some line is followed (note_place)
@@ -51,12 +52,20 @@ class IdLedger:
         key = _key(id_)
         row = self._db.execute("SELECT state FROM ids WHERE key = ?", (key,)).fetchone()
         if row is None:
-            self._db.execute("INSERT INTO ids VALUES (?, ?)", (key, bits))
+            self._db.execute("INSERT INTO ids (key, state) VALUES (?, ?)", (key, bits))
             return 0
         before = int(row[0])
         if before | bits != before:
             self._db.execute("UPDATE ids SET state = ? WHERE key = ?", (before | bits, key))
         return before
+
+    def note_tries(self, id_: str, tries: int) -> None:
+        """The id was sent in ``tries`` runs (per its newest error record); keeps the maximum."""
+        self._db.execute("UPDATE ids SET tries = max(tries, ?) WHERE key = ?", (tries, _key(id_)))
+
+    def tries(self, id_: str) -> int:
+        row = self._db.execute("SELECT tries FROM ids WHERE key = ?", (_key(id_),)).fetchone()
+        return int(row[0]) if row else 0
 
     def count(self, bits: int, without: int = 0) -> int:
         """How many ids have all of ``bits`` and none of ``without``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from tasks.batch.engine import RequestEngine
 from tasks.batch.outputs import write_manifest
 from tasks.batch.params import BatchParams
 from tasks.batch.plan import PlanStats
+from tasks.batch.policy import commonest, policy_violation
 from tasks.batch.stores import ObjectStore
 from tasks.batch.target import Target
 
@@ -49,6 +51,8 @@ class ThisRun(BaseModel):
     blank_lines: int
     retries: int
     backoffs: int
+    exhausted_ids: int = 0  # failed ids not sent again: max_attempts_per_id reached
+    error_kinds: dict[str, int] = {}  # "HTTP 500": 3, "input: malformed JSON": 1, ...
 
 
 class ServiceInfo(BaseModel):
@@ -97,6 +101,7 @@ class BatchManifest(BaseModel):
     cost: CostEstimate
     shards: Shards
     reconciliation: str = RECONCILIATION
+    failure: str | None = None  # why the run ended Failed (tasks.batch.policy), None: it did not
     flow_run_id: str | None = None
     uri: str | None = None  # where it was written; not in the file itself
 
@@ -125,6 +130,8 @@ class BatchManifest(BaseModel):
             ("latency p99", fmt(latency.p99, " s")),
             ("duration", f"{self.timings.duration_s} s"),
             ("retries", self.this_run.retries),
+            ("errors by kind", commonest(Counter(self.this_run.error_kinds), 5)),
+            ("failure policy", self.failure or "passed"),
             ("instance-seconds", self.cost.instance_seconds),
             ("estimated GPU cost (USD)", self.cost.usd),
             ("cost assumption", self.cost.assumption),
@@ -197,6 +204,8 @@ def build_manifest(facts: RunFacts, flow_run_id: str | None) -> BatchManifest:
             blank_lines=plan.blank,
             retries=stats.retries,
             backoffs=limiter.decreases,
+            exhausted_ids=plan.exhausted,
+            error_kinds=dict(totals.error_kinds.most_common()),
         ),
         model=facts.params.model,
         service=ServiceInfo(
@@ -224,4 +233,11 @@ def build_manifest(facts: RunFacts, flow_run_id: str | None) -> BatchManifest:
         cost=estimate_cost(facts.params.prices, facts.target, limiter.instance_seconds),
         shards=Shards(written=sorted(totals.written), retired_error_shards=facts.retired),
         flow_run_id=flow_run_id,
+        failure=policy_violation(
+            facts.params,
+            totals.succeeded + totals.failed,
+            totals.failed,
+            totals.input_errors,
+            totals.error_kinds,
+        ),
     )

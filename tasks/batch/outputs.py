@@ -38,7 +38,7 @@ from typing import Any
 
 from tasks.batch.inputs import iter_lines
 from tasks.batch.ledger import PRIOR_FAILED, PRIOR_OK, RETRIED, SEEN, IdLedger
-from tasks.batch.records import encode_records
+from tasks.batch.records import encode_records, tries_of
 from tasks.batch.stores import ObjectInfo, ObjectStore
 
 RESULTS = "results/"
@@ -127,6 +127,8 @@ def scan_output(store: ObjectStore, ledger: IdLedger) -> OutputScan:
             order = shard_order(shard.name)
             for record in iter_shard_records(store, shard.name):
                 ledger.add(record["id"], bit)
+                if bit == PRIOR_FAILED:
+                    ledger.note_tries(record["id"], tries_of(record))
                 if bit == PRIOR_FAILED and (place := derived_place(record)) is not None:
                     ledger.note_place(*place, order)
                 elif (place := _place(record)) is not None:

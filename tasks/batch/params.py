@@ -78,6 +78,29 @@ class BatchSettings(BaseModel):
         1000, ge=1, le=1_000_000, description="Prompts per shard task and output shard."
     )
     retry_errors: bool = Field(False, description="Send ids that have an error record again.")
+    max_attempts_per_id: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="With retry_errors: runs that may send one id; an id that failed in this "
+        "many runs is not sent again (its records count them: tries).",
+    )
+    max_failed_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="The run ends Failed (after writing everything) when more than this "
+        "fraction of the prompts it sent failed.",
+    )
+    max_failed: int | None = Field(
+        None, ge=0, description="The run ends Failed when more prompts than this failed."
+    )
+    max_input_errors: int | None = Field(
+        None,
+        ge=0,
+        description="The run ends Failed when more input lines than this cannot be read "
+        "(default: no limit).",
+    )
     max_line_bytes: int = Field(
         1_048_576, ge=64, le=64 * 1_048_576, description="Longer input lines become error records."
     )

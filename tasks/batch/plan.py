@@ -9,7 +9,7 @@ line, written as an error record with the shard. What this run admits is noted i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tasks.batch.inputs import InputFile, iter_lines, parse_line
 from tasks.batch.ledger import PRIOR_FAILED, PRIOR_OK, RETRIED, SEEN, THIS_RUN, IdLedger
@@ -34,6 +34,7 @@ class PlanStats:
     skipped_ok: int = 0
     skipped_failed: int = 0
     retried_errors: int = 0
+    exhausted: int = 0  # failed ids not sent again: max_attempts_per_id runs sent them already
     skipped_bytes: int = 0  # lines done by earlier runs, or blank
 
 
@@ -45,24 +46,27 @@ def plan_shards(
     shard_size: int,
     retry_errors: bool,
     max_line_bytes: int,
+    max_attempts_per_id: int = 3,
 ) -> Iterator[Shard]:
     """Stream the input into shards of at most ``shard_size`` items still to do."""
     shard = Shard(1)
 
-    def admit(item: PromptRequest | InputProblem) -> bool:
+    def admit(item: PromptRequest | InputProblem) -> PromptRequest | InputProblem | None:
         before = ledger.add(item.id, SEEN)
+        tries = ledger.tries(item.id) if before & PRIOR_FAILED and retry_errors else 0
         if before & PRIOR_OK:
             stats.skipped_ok += 1
-        elif before & PRIOR_FAILED and not retry_errors:
+        elif before & PRIOR_FAILED and (not retry_errors or tries >= max_attempts_per_id):
             stats.skipped_failed += 1
+            stats.exhausted += retry_errors
         else:
             if before & PRIOR_FAILED:
                 ledger.add(item.id, RETRIED)
                 stats.retried_errors += 1
             ledger.touch_place(item.file, item.line, THIS_RUN)  # outputs.py, rule 1
-            return True
+            return replace(item, tries=tries + 1) if isinstance(item, PromptRequest) else item
         stats.skipped_bytes += item.size
-        return False
+        return None
 
     for file in files:
         with file.store.open_read(file.name) as stream:
@@ -84,8 +88,9 @@ def plan_shards(
                     )
                     if ledger.state(item.id) & SEEN:  # the derived id itself was given earlier
                         item = InputProblem(f"{file.uri}:{line}", file.uri, line, size, item.reason)
-                if not admit(item):
+                if (admitted := admit(item)) is None:
                     continue
+                item = admitted
                 if isinstance(item, InputProblem):
                     shard.problems.append(item)
                 else:

@@ -5,10 +5,14 @@ Output records are JSON objects, one per line:
 - result: ``id, response, model, done_reason, prompt_eval_count, eval_count, total_duration,
   load_duration, prompt_eval_duration, eval_duration`` (Ollama's names; durations in nanoseconds,
   ``null`` when the server did not report them, e.g. in OpenAI mode), ``latency_s`` (client side,
-  last attempt), ``attempts``, ``file`` and ``line`` (where the prompt came from).
+  last attempt), ``attempts`` (HTTP attempts in this run), ``tries`` (runs that sent the id, this
+  one included: ``max_attempts_per_id`` bounds it), ``file`` and ``line`` (where the prompt came
+  from).
 - error: ``id, error`` (the reason), ``status`` (HTTP status, -1 for an error line mid-stream, null
   for bad input or a transport failure), ``kind`` (``input`` or ``request``), ``attempts``,
-  ``file`` and ``line``.
+  ``tries`` (0 for bad input: nothing was sent), ``file`` and ``line``.
+
+Records written before ``tries`` existed read as one try (zero for input errors).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class PromptRequest:
     # The OpenAI endpoint an OpenAI batch line named (``chat`` or ``completions``); None: the
     # backend's default (natively: prompt → generate, messages → chat; OpenAI mode: chat).
     endpoint: Endpoint | None = None
+    tries: int = 1  # runs that sent this id, this one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ def result_record(
         "eval_duration": completion.eval_duration,
         "latency_s": round(latency_s, 6),
         "attempts": attempts,
+        "tries": request.tries,
         "file": request.file,
         "line": request.line,
     }
@@ -111,9 +117,30 @@ def error_record(
         "status": status,
         "kind": "input" if isinstance(item, InputProblem) else "request",
         "attempts": attempts,
+        "tries": item.tries if isinstance(item, PromptRequest) else 0,
         "file": item.file,
         "line": item.line,
     }
+
+
+def tries_of(record: dict[str, Any]) -> int:
+    """Runs that sent the record's id (records from before ``tries``: 1, input errors 0)."""
+    tries = record.get("tries")
+    if isinstance(tries, int) and not isinstance(tries, bool):
+        return tries
+    return 0 if record.get("kind") == "input" else 1
+
+
+def error_kind(record: dict[str, Any]) -> str:
+    """What went wrong, coarsely, for counting: ``HTTP 500``, ``error line mid-stream``,
+    ``ClientConnectionError``, ``input: malformed JSON``, ..."""
+    reason = str(record.get("error", ""))
+    status = record.get("status")
+    if record.get("kind") == "input":
+        return "input: " + reason.split(":", 1)[0].split(" (", 1)[0][:60]
+    if isinstance(status, int) and status > 0:
+        return f"HTTP {status}"
+    return reason.split(":", 1)[0][:60] or "unknown"
 
 
 def encode_records(records: list[dict[str, Any]]) -> bytes:

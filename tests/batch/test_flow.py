@@ -95,7 +95,7 @@ def test_retry_errors_resends_failed_ids_and_keeps_each_id_once(
 ) -> None:
     ids = write_prompts(tmp_path / "in" / "p.jsonl", 60)
     broken = sim_server(OLLAMA_SIM_FAULT_500="0.5", OLLAMA_SIM_SEED="3")
-    first = _run(broken, tmp_path / "in", tmp_path / "out", max_retries=0)
+    first = _run(broken, tmp_path / "in", tmp_path / "out", max_retries=0, max_failed_fraction=1)
     assert first["counts"]["failed"] > 5
     healthy = sim_server()
     skip = _run(healthy, tmp_path / "in", tmp_path / "out")
