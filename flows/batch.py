@@ -1,11 +1,10 @@
 """Batch inference: prompts in Cloud Storage (or local files) → an Ollama service → results.
 
-``batch_inference(params)`` resolves where everything is (checking the output before any prompt
-is sent), plans the input into shards of prompts still to do (every id an earlier run finished
-is skipped), runs the shards through one async client in a few shard-level tasks (each writes its
-own result and error shard as soon as it is done), reconciles (retires superseded error shards)
-and reports: ``manifest.json``, a summary table artifact and the returned manifest. The
-exactly-once rule and the output layout: ``tasks.batch.outputs``. From a shell:
+``batch_inference(params)`` checks the output and takes its lease (``tasks.batch.lease``) before
+any prompt is sent, plans the input into shards of prompts still to do (ids done earlier are
+skipped), runs them in a few shard-level tasks (each writes its own result and error shard),
+reconciles (retires superseded error shards) and reports: ``manifest.json``, a summary artifact
+and the returned manifest. Exactly-once rule and layout: ``tasks.batch.outputs``. From a shell:
 ``ollama-cloudrun batch --input ... --output ...``.
 """
 
@@ -15,15 +14,16 @@ import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 
 from tasks.batch.dispatch import run_shards
+from tasks.batch.lease import OutputLease
 from tasks.batch.ledger import IdLedger
 from tasks.batch.manifest import RunClock, RunFacts, build_manifest
 from tasks.batch.outputs import ShardWriter
 from tasks.batch.params import BatchParams
 from tasks.batch.plan import PlanStats, plan_shards
+from tasks.batch.results import counts_dict, write_results
 from tasks.batch.steps import (
     build_engine,
     check_output,
@@ -32,8 +32,8 @@ from tasks.batch.steps import (
     retire_errors,
     scan_existing_output,
 )
-from tasks.batch.stores import open_store
-from tasks.clients import caller_identity, credentials_identity, resolve_cloud, storage_client
+from tasks.batch.stores import ObjectStore, open_store
+from tasks.clients import GoogleCloud, caller_identity, credentials_identity, resolve_cloud, storage_client
 from tasks.errors import BatchFailedError
 from tasks.id_tokens import GoogleIdTokenAuth
 
@@ -45,23 +45,33 @@ SUMMARY_KEY = "batch-inference-summary"
 )
 async def batch_inference(params: BatchParams) -> dict[str, Any]:
     """Prompts in Cloud Storage (or local files) → an Ollama service → results, exactly once."""
-    logger = get_run_logger()
     clock = RunClock.start()
 
-    # Resolve: the output first (no overlap with the input, writable), then target and input.
+    # The output first (no overlap with the input, writable, leased), then target and input.
     cloud = resolve_cloud(params.project, params.credentials_block) if params.needs_cloud else None
     gcs = storage_client(cloud) if cloud is not None and params.uses_gcs else None
     store = open_store(params.output, gcs)
     await asyncio.to_thread(check_output, params.input, store, clock.token)
-    settings = params.engine
+    lease = OutputLease(store, run=clock.token, flow_run_id=flow_run.get_id(), params=params)
+    await asyncio.to_thread(lease.acquire)
+    try:
+        return await _run(params, store, cloud, gcs, clock)
+    finally:
+        await asyncio.to_thread(lease.release)
+
+
+async def _run(
+    params: BatchParams, store: ObjectStore, cloud: GoogleCloud | None, gcs: Any, clock: RunClock
+) -> dict[str, Any]:
+    """Under the output's lease: plan, run the shards, reconcile, report."""
+    logger, settings = get_run_logger(), params.engine
     target = await asyncio.to_thread(
         resolve_target, params.target, cloud, params.region, settings.in_flight or 4
     )
     in_flight = settings.in_flight or target.slots
     files = await asyncio.to_thread(list_inputs, params.input, gcs, store.base_uri)
     total_bytes = sum(f.size for f in files)
-    ledger = IdLedger()
-    scan = await asyncio.to_thread(scan_existing_output, store, ledger)
+    scan = await asyncio.to_thread(scan_existing_output, store, ledger := IdLedger())
     logger.info(
         f"batch {clock.token}: {len(files)} input file(s), {total_bytes} bytes → {store.base_uri} "
         f"via {target.uri} ({target.service or 'url'}, in flight {in_flight}); output holds "
@@ -77,15 +87,7 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
 
     # Plan, and run the shards as they are planned.
     plan = PlanStats()
-    shards = plan_shards(
-        files,
-        ledger,
-        plan,
-        shard_size=params.shard_size,
-        retry_errors=params.retry_errors,
-        max_line_bytes=params.max_line_bytes,
-        max_attempts_per_id=params.max_attempts_per_id,
-    )
+    shards = plan_shards(files, ledger, plan, **params.plan_options())
     totals = await run_shards(
         shards,
         engine,
@@ -100,20 +102,18 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
     retired = await asyncio.to_thread(retire_errors, store, scan.error_shards, ledger)
     ledger.close()
 
-    # Report.
+    # Report (the manifest first: a run the failure policy fails has written everything).
     facts = RunFacts(params, target, store.base_uri, clock, plan, totals, engine, retired)
     manifest = build_manifest(facts, flow_run.get_id())
-    await asyncio.to_thread(manifest.write, store)
-    await acreate_table_artifact(
-        key=SUMMARY_KEY,
-        table=manifest.summary_rows(),
-        description=f"Batch inference summary. Cost assumption: {manifest.cost.assumption}.",
-    )
+    await manifest.publish(store, SUMMARY_KEY)  # manifest.json and the summary artifact
     counts = manifest.counts
     logger.info(
         f"batch {clock.token} done in {manifest.timings.duration_s:.1f} s: {counts.succeeded} "
         f"succeeded, {counts.failed} failed, {counts.skipped} skipped; manifest {manifest.uri}"
     )
+    if params.collect:  # the final answer set, one record per input id (tasks.batch.results)
+        collected = await asyncio.to_thread(write_results, store.base_uri, storage_client=gcs)
+        logger.info(f"final answer set: {counts_dict(collected)}")
     if manifest.failure:  # everything is written; the run still ends Failed (failure policy)
         raise BatchFailedError(f"batch {clock.token}: {manifest.failure}; manifest {manifest.uri}")
     return manifest.model_dump(mode="json")

@@ -85,7 +85,14 @@ FLOWS: dict[str, FlowCommand] = {
         "flows.pipeline:pipeline",
         "flows.parameters:PipelineParameters",
     ),
+    "results": FlowCommand(
+        "Write a batch output's final answer set (one record per input id) to one JSONL file.",
+        "flows.results:collect_results",
+        "flows.parameters:ResultsParams",
+    ),
 }
+# ``results OUTPUT``: a bare word right after these commands is the value of this option.
+POSITIONAL = {"results": "--output"}
 SERVER_SUMMARY = "Run a local Prefect server (API and UI) that later commands use; Ctrl-C stops it."
 
 
@@ -326,7 +333,8 @@ def _run_flow(command: str, spec: FlowCommand, params: BaseModel, verbose: bool)
         if code is not None:
             _stopped(command, code)
         typer.echo(f"Error: flow {command} failed: {_one_paragraph(exc)}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        # An error may say it is a refusal to start (a held lease: 2), not a failure.
+        raise typer.Exit(getattr(exc, "exit_code", EXIT_FAILED)) from None
 
 
 async def _await(awaitable: Any) -> Any:
@@ -430,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     command = _command_name(args)
     if command == "smoke-test":
         args = [("smoke-test" if a == "smoke_test" else a) for a in args]
+    at = args.index(command) + 1 if command in POSITIONAL else len(args)
+    if at < len(args) and not args[at].startswith("-"):
+        args.insert(at, POSITIONAL[str(command)])
     try:
         build_app(command)(args=args, prog_name=PROG)
     except (Terminated, KeyboardInterrupt) as exc:  # outside a command: while parsing

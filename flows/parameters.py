@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.batch.params import BatchParams, BatchSettings
 from tasks.models import (
@@ -162,3 +162,34 @@ class PipelineParameters(DeployParameters, BatchSettings):
                 "service_account_id": self.service_account_id,
             }
         )
+
+
+class ResultsParams(BaseModel):
+    """Which batch output to collect, and where to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(
+        min_length=1, description="The batch's output prefix: gs://bucket/path or a directory."
+    )
+    to: str | None = Field(
+        None, description="Where to write: a path or gs://... (default <output>/final/...)."
+    )
+    order: Literal["output", "input"] = Field(
+        "output", description="output: as stored; input: in the order of the run's input."
+    )
+    project: str | None = Field(None, description="Google Cloud project (default: credentials).")
+    credentials_block: str | None = Field(
+        None, description="A prefect-gcp GcpCredentials block name."
+    )
+
+    @field_validator("output", "to")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not value.startswith("gs://"):
+            raise ValueError("must be gs://bucket/path or a local path")
+        return value
+
+    @property
+    def uses_gcs(self) -> bool:
+        return self.output.startswith("gs://") or (self.to or "").startswith("gs://")

@@ -157,6 +157,8 @@ class BatchError(OllamaCloudRunError):
         ├── OutputLocationError      the output overlaps the input or cannot be written (also
         │                            ConfigurationError); found before any prompt is sent
         ├── ObjectExistsError        a create-only write found its name taken
+        │   └── ObjectChangedError   a generation-matched write found another generation
+        ├── LeaseHeldError           another run holds the output's lease (exit 2 from the CLI)
         ├── IncompleteResponseError  a response ended before its final part (transient)
         └── BatchFailedError         the run wrote everything but broke its failure policy
 
@@ -184,3 +186,13 @@ class IncompleteResponseError(BatchError):
 class BatchFailedError(BatchError):
     """The run wrote every shard and its manifest, but more prompts (or input lines) failed than
     its failure policy allows (``tasks.batch.policy``): the flow run ends Failed."""
+
+
+class ObjectChangedError(ObjectExistsError):
+    """A generation-matched write found the object at another generation (someone wrote it)."""
+
+
+class LeaseHeldError(BatchError):
+    """Another run holds the output's lease (``tasks.batch.lease``); nothing was sent."""
+
+    exit_code = 2  # the CLI's "refused to start" status, as for bad parameters

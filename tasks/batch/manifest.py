@@ -7,6 +7,7 @@ the returned manifest, not in the file.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import secrets
 import time
@@ -14,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel
 
 from tasks.batch.cost import CostEstimate, estimate_cost
@@ -109,6 +111,15 @@ class BatchManifest(BaseModel):
         """Write ``manifest.json`` (replacing the last run's); sets and returns ``uri``."""
         self.uri = write_manifest(store, self.model_dump(mode="json", exclude={"uri"}))
         return self.uri
+
+    async def publish(self, store: ObjectStore, artifact_key: str) -> None:
+        """Write ``manifest.json`` and the summary table artifact."""
+        await asyncio.to_thread(self.write, store)
+        await acreate_table_artifact(
+            key=artifact_key,
+            table=self.summary_rows(),
+            description=f"Batch inference summary. Cost assumption: {self.cost.assumption}.",
+        )
 
     def summary_rows(self) -> list[dict[str, str]]:
         """The run's summary artifact: one ``metric``/``value`` row each."""

@@ -177,23 +177,24 @@ def retire_superseded_errors(
 
 
 def iter_final_records(store: ObjectStore) -> Iterator[dict[str, Any]]:
-    """Every id's one record by rule 1. Holds the ids in memory (a reader tool)."""
+    """Every id's one record by rule 1, streamed: results in shard order, then the newest
+    unsuperseded error record of each id still without one. Memory stays flat: the ids live in
+    the ledger's on-disk table."""
     ledger = IdLedger()
     try:
         scan_output(store, ledger)
-        seen: set[str] = set()
+        # The reader never plans, so SEEN marks "already yielded" here.
         for shard in list_shards(store, RESULTS):
             for record in iter_shard_records(store, shard.name):
-                if record["id"] not in seen:
-                    seen.add(record["id"])
+                if not ledger.add(record["id"], SEEN) & SEEN:
                     yield record
-        latest_errors: dict[str, dict[str, Any]] = {}
-        for shard in list_shards(store, ERRORS):
+        for shard in reversed(list_shards(store, ERRORS)):  # newest first
             order = shard_order(shard.name)
             for record in iter_shard_records(store, shard.name):
-                if not is_superseded(record, order, ledger):
-                    latest_errors[record["id"]] = record
-        yield from latest_errors.values()
+                if not is_superseded(record, order, ledger) and not (
+                    ledger.add(record["id"], SEEN) & SEEN
+                ):
+                    yield record
     finally:
         ledger.close()
 

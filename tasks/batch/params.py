@@ -107,6 +107,21 @@ class BatchSettings(BaseModel):
     progress_interval_seconds: float = Field(
         3.0, ge=0.5, le=600, description="Least time between progress artifact updates."
     )
+    lease_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="The output's lease (one run at a time) lasts this long unless renewed; a "
+        "killed run's lease is taken over once it expired.",
+    )
+    takeover: bool = Field(
+        False, description="Take the output's lease even if another run holds it."
+    )
+    collect: bool = Field(
+        False,
+        description="At the end, write the final answer set (one record per input id) to "
+        "<output>/final/ (see the results command).",
+    )
     engine: EngineSettings = Field(
         default_factory=lambda: EngineSettings.model_validate({}),
         description="How prompts are sent.",
@@ -132,6 +147,15 @@ class BatchSettings(BaseModel):
                     given = given.model_dump(exclude_unset=True)
                 data[name] = {**given, **flat}
         return data
+
+    def plan_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``tasks.batch.plan.plan_shards``."""
+        return {
+            "shard_size": self.shard_size,
+            "retry_errors": self.retry_errors,
+            "max_line_bytes": self.max_line_bytes,
+            "max_attempts_per_id": self.max_attempts_per_id,
+        }
 
     @field_validator("input", "output")
     @classmethod

@@ -9,6 +9,7 @@ into place, which fails if the name exists (and a killed process never leaves ha
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,12 @@ import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 
-from tasks.errors import ConfigurationError, ObjectExistsError, google_errors
+from tasks.errors import (
+    ConfigurationError,
+    ObjectChangedError,
+    ObjectExistsError,
+    google_errors,
+)
 
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 _GCS_RETRY = Retry(initial=0.5, maximum=10.0, multiplier=2.0, timeout=120.0)
@@ -44,6 +50,8 @@ class ObjectStore(Protocol):
     def create(self, name: str, data: bytes) -> None: ...
     def put(self, name: str, data: bytes) -> None: ...
     def delete(self, name: str, generation: int | None = None) -> None: ...
+    def read_versioned(self, name: str) -> tuple[bytes, int] | None: ...
+    def write_if(self, name: str, data: bytes, generation: int) -> int: ...
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
@@ -118,6 +126,28 @@ class GcsStore:
                 if_generation_match=generation, retry=_GCS_RETRY
             )
 
+    def read_versioned(self, name: str) -> tuple[bytes, int] | None:
+        """The object's bytes and generation, or None when it does not exist."""
+        with contextlib.suppress(gexc.NotFound), google_errors(f"read {self.uri_of(name)}"):
+            blob = self._bucket.get_blob(self.prefix + name)
+            if blob is not None:
+                data: bytes = blob.download_as_bytes(if_generation_match=blob.generation)
+                return data, int(blob.generation)
+        return None
+
+    def write_if(self, name: str, data: bytes, generation: int) -> int:
+        """Write ``name`` only if its generation is ``generation`` (0: only if it does not
+        exist); returns the new generation, ``ObjectChangedError`` when it changed."""
+        blob = self._bucket.blob(self.prefix + name)
+        try:
+            with google_errors(f"write {self.uri_of(name)}"):
+                blob.upload_from_string(
+                    data, content_type="application/json", if_generation_match=generation
+                )
+        except gexc.PreconditionFailed as exc:
+            raise ObjectChangedError(self.uri_of(name)) from exc
+        return int(blob.generation)
+
 
 class LocalStore:
     def __init__(self, root: Path) -> None:
@@ -176,7 +206,49 @@ class LocalStore:
         os.replace(self._write_temp(name, data), self._path(name))
 
     def delete(self, name: str, generation: int | None = None) -> None:
-        self._path(name).unlink(missing_ok=True)
+        if generation is None:
+            self._path(name).unlink(missing_ok=True)
+            return
+        with self._locked():  # generation-matched, as Cloud Storage's if_generation_match
+            current = self._read_versioned(name)
+            if current is not None and current[1] != generation:
+                raise ObjectChangedError(self.uri_of(name))
+            self._path(name).unlink(missing_ok=True)
+
+    def read_versioned(self, name: str) -> tuple[bytes, int] | None:
+        with self._locked():
+            return self._read_versioned(name)
+
+    def _read_versioned(self, name: str) -> tuple[bytes, int] | None:
+        try:
+            with open(self._path(name), "rb") as handle:
+                # A file is replaced, never changed in place: its inode and mtime are its
+                # generation (a local stand-in for Cloud Storage's).
+                stat = os.fstat(handle.fileno())
+                return handle.read(), (stat.st_ino << 20) ^ stat.st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def write_if(self, name: str, data: bytes, generation: int) -> int:
+        with self._locked():
+            current = self._read_versioned(name)
+            if (current[1] if current else 0) != generation:
+                raise ObjectChangedError(self.uri_of(name))
+            self.put(name, data)
+            written = self._read_versioned(name)
+            assert written is not None
+            return written[1]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Compare-and-swap between local processes: an advisory lock on a hidden file."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_store(uri: str, client: storage.Client | None = None) -> GcsStore | LocalStore:
