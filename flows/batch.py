@@ -112,7 +112,9 @@ async def _run(
         f"succeeded, {counts.failed} failed, {counts.skipped} skipped; manifest {manifest.uri}"
     )
     if params.collect:  # the final answer set, one record per input id (tasks.batch.results)
-        collected = await asyncio.to_thread(write_results, store.base_uri, storage_client=gcs)
+        collected = await asyncio.to_thread(
+            write_results, store.base_uri, format=params.output_format, storage_client=gcs
+        )
         logger.info(f"final answer set: {counts_dict(collected)}")
     if manifest.failure:  # everything is written; the run still ends Failed (failure policy)
         raise BatchFailedError(f"batch {clock.token}: {manifest.failure}; manifest {manifest.uri}")

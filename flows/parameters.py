@@ -175,6 +175,11 @@ class ResultsParams(BaseModel):
     to: str | None = Field(
         None, description="Where to write: a path or gs://... (default <output>/final/...)."
     )
+    format: Literal["auto", "native", "openai"] = Field(
+        "auto",
+        description="native: the records as stored; openai: OpenAI's batch output and error "
+        "files; auto: openai when the input was OpenAI batch lines.",
+    )
     order: Literal["output", "input"] = Field(
         "output", description="output: as stored; input: in the order of the run's input."
     )

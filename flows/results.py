@@ -2,7 +2,8 @@
 
 Exactly one record per input id (the reconciliation rule of ``tasks.batch.outputs``), optionally
 in input order, written to ``<output>/final/results.jsonl`` or ``to``; returns the counts. From a
-shell: ``ollama-cloudrun results OUTPUT [--to PATH|gs://...] [--order input]``. In a notebook:
+shell: ``ollama-cloudrun results OUTPUT [--format native|openai] [--to PATH|gs://...]
+[--order input]``. In a notebook:
 ``tasks.batch.results.iter_results(output)``.
 """
 
@@ -25,10 +26,15 @@ async def collect_results(params: ResultsParams) -> dict[str, Any]:
     if params.uses_gcs:
         gcs = storage_client(resolve_cloud(params.project, params.credentials_block))
     counts = await asyncio.to_thread(
-        write_results, params.output, params.to, order=params.order, storage_client=gcs
+        write_results,
+        params.output,
+        params.to,
+        format=params.format,
+        order=params.order,
+        storage_client=gcs,
     )
     get_run_logger().info(
         f"{counts.records} records ({counts.succeeded} succeeded, {counts.failed} failed, "
-        f"{counts.input_errors} input errors) → {counts.to}"
+        f"{counts.input_errors} input errors) → {counts.to} ({counts.format} format)"
     )
     return counts_dict(counts)

@@ -159,6 +159,7 @@ class BatchError(OllamaCloudRunError):
         ├── ObjectExistsError        a create-only write found its name taken
         │   └── ObjectChangedError   a generation-matched write found another generation
         ├── LeaseHeldError           another run holds the output's lease (exit 2 from the CLI)
+        ├── SchemaVersionError       a record, manifest or lease of a schema_version not known
         ├── IncompleteResponseError  a response ended before its final part (transient)
         └── BatchFailedError         the run wrote everything but broke its failure policy
 
@@ -196,3 +197,8 @@ class LeaseHeldError(BatchError):
     """Another run holds the output's lease (``tasks.batch.lease``); nothing was sent."""
 
     exit_code = 2  # the CLI's "refused to start" status, as for bad parameters
+
+
+class SchemaVersionError(BatchError):
+    """A record, manifest or lease carries a ``schema_version`` this code does not know (it was
+    written by a newer ollama-cloudrun): refused rather than misread."""

@@ -238,6 +238,7 @@ def _request_from_object(
         if not isinstance(body, dict):
             raise _BadLine("OpenAI batch line without an object 'body'", id_)
         endpoint = _openai_endpoint(obj, body, id_)
+        _refuse_unsent_fields(body, id_)
         options = {o: body[k] for k, o in _OPENAI_OPTIONS.items() if body.get(k) is not None}
         fields: dict[str, Any] = {
             "prompt": body.get("prompt"),
@@ -245,11 +246,34 @@ def _request_from_object(
             "options": options or None,
             "format": _format_from_response_format(body.get("response_format"), id_),
             "endpoint": endpoint,
+            "openai": True,
         }
     else:
         id_ = _id_of(obj, "id")
         fields = {k: obj.get(k) for k in ("prompt", "messages", "system", "options", "format")}
     return _validated(fields, id_ or derived_id(file, line), file, line, size, id_)
+
+
+# What of an OpenAI request body is sent: the rest is refused by name, never dropped silently.
+_OPENAI_SENT = {"model", "messages", "prompt", "response_format", *_OPENAI_OPTIONS}
+_OPENAI_DEFAULTS = {"n": 1, "stream": False, "logprobs": False}  # harmless when left so
+
+
+def _refuse_unsent_fields(body: dict[str, Any], id_: str | None) -> None:
+    unsent = sorted(
+        key
+        for key, value in body.items()
+        if key not in _OPENAI_SENT
+        and not (key in _OPENAI_DEFAULTS and value in (None, _OPENAI_DEFAULTS[key]))
+    )
+    if unsent:
+        raise _BadLine(
+            f"OpenAI request field{'s' if len(unsent) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unsent)} cannot be sent by this batch (it sends "
+            f"{', '.join(sorted(_OPENAI_SENT - {'model'}))}; 'model' is the batch's); remove "
+            "or change the line",
+            id_,
+        )
 
 
 # The OpenAI batch endpoints a line may name, and the body field each one takes.
@@ -333,4 +357,5 @@ def _validated(
         options=options,
         format=fmt or None,
         endpoint=fields.get("endpoint"),
+        openai=bool(fields.get("openai")),
     )

@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 from tasks.batch.params import BatchSettings
+from tasks.batch.records import check_schema_version
 from tasks.batch.stores import ObjectStore
 from tasks.errors import LeaseHeldError, ObjectChangedError, ObjectExistsError
 
@@ -69,6 +70,8 @@ class OutputLease:
                 self.generation = self.store.write_if(LEASE, self._body(), 0)
             else:
                 held = _parse(current[0])
+                # A lease of a newer schema is not taken over: its expiry may mean something else.
+                check_schema_version(held, self.store.uri_of(LEASE), frozenset({1}))
                 expired = _expires(held) <= _now()
                 if not (expired or self.takeover):
                     raise LeaseHeldError(_describe(held, self.store.uri_of(LEASE))) from None

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from tasks.batch.cost import CostEstimate, estimate_cost
 from tasks.batch.dispatch import RunTotals
 from tasks.batch.engine import RequestEngine
-from tasks.batch.outputs import write_manifest
+from tasks.batch.outputs import MANIFEST_SCHEMA_VERSION, write_manifest
 from tasks.batch.params import BatchParams
 from tasks.batch.plan import PlanStats
 from tasks.batch.policy import commonest, policy_violation
@@ -91,6 +91,7 @@ class Shards(BaseModel):
 
 
 class BatchManifest(BaseModel):
+    schema_version: int = MANIFEST_SCHEMA_VERSION
     counts: Counts
     this_run: ThisRun
     model: str

@@ -38,12 +38,19 @@ from typing import Any
 
 from tasks.batch.inputs import iter_lines
 from tasks.batch.ledger import PRIOR_FAILED, PRIOR_OK, RETRIED, SEEN, IdLedger
-from tasks.batch.records import encode_records, tries_of
+from tasks.batch.records import (
+    KNOWN_RECORD_VERSIONS,
+    check_schema_version,
+    encode_records,
+    tries_of,
+)
 from tasks.batch.stores import ObjectInfo, ObjectStore
 
 RESULTS = "results/"
 ERRORS = "errors/"
 MANIFEST = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 2  # 1: written before schema versions (no such key)
+KNOWN_MANIFEST_VERSIONS = frozenset({1, 2})
 _MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,8 @@ def iter_shard_records(store: ObjectStore, name: str) -> Iterator[dict[str, Any]
                 logger.warning("skipping unreadable line %d of %s", line_no, store.uri_of(name))
                 continue
             if isinstance(record, dict) and isinstance(record.get("id"), str):
+                what = f"line {line_no} of {store.uri_of(name)}"
+                check_schema_version(record, what, KNOWN_RECORD_VERSIONS)
                 yield record
 
 

@@ -122,6 +122,11 @@ class BatchSettings(BaseModel):
         description="At the end, write the final answer set (one record per input id) to "
         "<output>/final/ (see the results command).",
     )
+    output_format: Literal["auto", "native", "openai"] = Field(
+        "auto",
+        description="Format of the collected answer set (collect, results command): openai = "
+        "OpenAI's batch output and error files; auto: openai for OpenAI batch lines.",
+    )
     engine: EngineSettings = Field(
         default_factory=lambda: EngineSettings.model_validate({}),
         description="How prompts are sent.",

@@ -12,15 +12,23 @@ Output records are JSON objects, one per line:
   for bad input or a transport failure), ``kind`` (``input`` or ``request``), ``attempts``,
   ``tries`` (0 for bad input: nothing was sent), ``file`` and ``line``.
 
-Records written before ``tries`` existed read as one try (zero for input errors).
+Every record carries ``schema_version`` (``RECORD_SCHEMA_VERSION``): 2 since ``tries``,
+``created`` and the OpenAI fields; records without it are version 1 and still read (one try,
+zero for input errors). A reader refuses a version it does not know (``check_schema_version``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from tasks.errors import SchemaVersionError
+
+RECORD_SCHEMA_VERSION = 2
+KNOWN_RECORD_VERSIONS = frozenset({1, 2})
 
 # Anything that looks like a bearer token or a JWT never reaches a record or a log line.
 _SECRET_RE = re.compile(
@@ -54,6 +62,7 @@ class PromptRequest:
     # backend's default (natively: prompt → generate, messages → chat; OpenAI mode: chat).
     endpoint: Endpoint | None = None
     tries: int = 1  # runs that sent this id, this one included
+    openai: bool = False  # from an OpenAI batch line (its results default to OpenAI's format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,7 @@ def result_record(
     request: PromptRequest, completion: Completion, latency_s: float, attempts: int
 ) -> dict[str, Any]:
     return {
+        "schema_version": RECORD_SCHEMA_VERSION,
         "id": request.id,
         "response": completion.text,
         "model": completion.model,
@@ -101,7 +111,16 @@ def result_record(
         "tries": request.tries,
         "file": request.file,
         "line": request.line,
+        "created": int(time.time()),
+        **_openai_fields(request),
     }
+
+
+def _openai_fields(request: PromptRequest) -> dict[str, Any]:
+    """What OpenAI's batch output format needs beyond the native record (only for such lines)."""
+    if not request.openai:
+        return {}
+    return {"openai": True, "endpoint": request.endpoint or "chat"}
 
 
 def error_record(
@@ -112,6 +131,7 @@ def error_record(
     attempts: int = 0,
 ) -> dict[str, Any]:
     return {
+        "schema_version": RECORD_SCHEMA_VERSION,
         "id": item.id,
         "error": redact(reason),
         "status": status,
@@ -120,7 +140,21 @@ def error_record(
         "tries": item.tries if isinstance(item, PromptRequest) else 0,
         "file": item.file,
         "line": item.line,
+        **(_openai_fields(item) if isinstance(item, PromptRequest) else {}),
     }
+
+
+def check_schema_version(obj: dict[str, Any], what: str, known: frozenset[int]) -> int:
+    """The object's ``schema_version`` (1 when absent: written before versions existed), or
+    ``SchemaVersionError`` when this code does not know it."""
+    version = obj.get("schema_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version not in known:
+        raise SchemaVersionError(
+            f"{what} has schema_version {version!r}, which this ollama-cloudrun does not know "
+            f"(it reads {', '.join(map(str, sorted(known)))}); it was written by a newer "
+            "version: upgrade ollama-cloudrun to read it"
+        )
+    return version
 
 
 def tries_of(record: dict[str, Any]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -20,12 +21,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks.batch.inputs import iter_lines, parse_line, resolve_inputs
-from tasks.batch.outputs import MANIFEST, iter_final_records
+from tasks.batch.openai_format import to_openai_line
+from tasks.batch.outputs import KNOWN_MANIFEST_VERSIONS, MANIFEST, iter_final_records
+from tasks.batch.records import check_schema_version
 from tasks.batch.stores import ObjectStore, open_store, split_gs_uri
 from tasks.errors import ConfigurationError, google_errors
 
 Order = Literal["output", "input"]
+Format = Literal["native", "openai"]
+FormatOption = Literal["auto", "native", "openai"]
 DEFAULT_NAME = "final/results.jsonl"
+OPENAI_OUTPUT = "final/batch_output.jsonl"  # OpenAI calls them the output and the error file
+OPENAI_ERRORS = "final/batch_errors.jsonl"
 _MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
@@ -53,7 +60,9 @@ def _in_input_order(store: ObjectStore, storage_client: Any) -> Iterator[dict[st
         raise ConfigurationError(
             f"no {store.uri_of(MANIFEST)}: input order needs the manifest of a finished run"
         )
-    spec = json.loads(store.read_bytes(MANIFEST))["input"]
+    manifest = json.loads(store.read_bytes(MANIFEST))
+    check_schema_version(manifest, store.uri_of(MANIFEST), KNOWN_MANIFEST_VERSIONS)
+    spec = manifest["input"]
     with contextlib.closing(sqlite3.connect("")) as db:  # "": a private on-disk temporary
         db.execute("CREATE TABLE r (key BLOB PRIMARY KEY, record TEXT NOT NULL)")
         db.executemany(
@@ -82,6 +91,8 @@ class ResultCounts:
     failed: int = 0
     input_errors: int = 0
     to: str = ""
+    errors_to: str | None = None  # OpenAI format: the error file
+    format: str = "native"
     order: str = "output"
 
 
@@ -121,36 +132,62 @@ class _Sink:
         self.temp.unlink(missing_ok=True)
 
 
-def default_destination(output: str) -> str:
-    return output.rstrip("/") + "/" + DEFAULT_NAME
+def destinations(output: str, to: str | None, fmt: Format) -> tuple[str, str | None]:
+    """Where the results (and, in OpenAI's format, the errors) go."""
+    base = output.rstrip("/") + "/"
+    if fmt == "native":
+        return to or base + DEFAULT_NAME, None
+    if to is None:
+        return base + OPENAI_OUTPUT, base + OPENAI_ERRORS
+    stem = to.removesuffix(".jsonl")
+    return to, stem + "-errors.jsonl"
 
 
 def write_results(
     output: str,
     to: str | None = None,
     *,
+    format: FormatOption = "auto",
     order: Order = "output",
     storage_client: Any = None,
 ) -> ResultCounts:
-    """Write the final answer set of ``output`` to ``to`` (default ``<output>/final/results.jsonl``)
-    and count it."""
-    counts = ResultCounts(order=order)
-    sink = _Sink(to or default_destination(output), storage_client)
+    """Write the final answer set of ``output`` (one record per input id) and count it.
+
+    ``format="native"``: the records as stored, in one file (default
+    ``<output>/final/results.jsonl``); ``"openai"``: OpenAI's batch output and error files
+    (``tasks.batch.openai_format``); ``"auto"``: OpenAI's when the input was OpenAI batch lines.
+    """
+    records = iter_results(output, order=order, storage_client=storage_client)
+    first = next(records, None)
+    fmt: Format = format if format != "auto" else _detect(first)
+    to, errors_to = destinations(output, to, fmt)
+    counts = ResultCounts(format=fmt, order=order)
+    sinks = [_Sink(to, storage_client)] + ([_Sink(errors_to, storage_client)] if errors_to else [])
     try:
-        for record in iter_results(output, order=order, storage_client=storage_client):
-            sink.write(record)
+        for record in itertools.chain([first] if first is not None else [], records):
+            failed = "error" in record
+            if fmt == "native":  # every line says its version (1: written before versions)
+                sinks[0].write({"schema_version": 1, **record})
+            else:
+                sinks[1 if failed else 0].write(to_openai_line(record))
             counts.records += 1
-            if "error" not in record:
+            if not failed:
                 counts.succeeded += 1
             elif record.get("kind") == "input":
                 counts.input_errors += 1
             else:
                 counts.failed += 1
     except BaseException:
-        sink.abort()
+        for sink in sinks:
+            sink.abort()
         raise
-    counts.to = sink.commit()
+    counts.to = sinks[0].commit()
+    counts.errors_to = sinks[1].commit() if errors_to else None
     return counts
+
+
+def _detect(first: dict[str, Any] | None) -> Format:
+    return "openai" if first is not None and first.get("openai") else "native"
 
 
 def counts_dict(counts: ResultCounts) -> dict[str, Any]:

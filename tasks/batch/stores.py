@@ -241,14 +241,15 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Compare-and-swap between local processes: an advisory lock on a hidden file."""
+        """Compare-and-swap between local processes: an advisory lock on the directory itself
+        (nothing is left behind)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
 
 def open_store(uri: str, client: storage.Client | None = None) -> GcsStore | LocalStore:
