@@ -25,6 +25,7 @@ from emulator.ollama.control import control_faults, control_reset, control_state
 from emulator.ollama.engine import Done, Job, Message, Piece, check_format
 from emulator.ollama.errors import OllamaError, model_not_found
 from emulator.ollama.options import parse_options
+from emulator.ollama.request_log import RequestLog
 from emulator.ollama.scheduler import Runner
 from emulator.ollama.service import EmulatorState, ResetRequested, start_inference
 from emulator.ollama.wire import (
@@ -419,6 +420,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 def build_app(state: EmulatorState) -> TransportCapture:
     """The route table of the whole server."""
+    request_log = RequestLog()
     routes = [
         Route("/", root, methods=["GET"]),  # HEAD is added by Starlette for GET routes
         Route("/api/version", version, methods=["GET"]),
@@ -446,6 +448,7 @@ def build_app(state: EmulatorState) -> TransportCapture:
         Route("/_emulator/faults", control_faults, methods=["POST"]),
         Route("/_emulator/reset", control_reset, methods=["POST"]),
         Route("/_emulator/state", control_state, methods=["GET"]),
+        Route("/_emulator/requests", request_log.endpoint, methods=["GET"]),
     ]
 
     @asynccontextmanager
@@ -459,4 +462,5 @@ def build_app(state: EmulatorState) -> TransportCapture:
         lifespan=lifespan,
     )
     app.state.emulator = state
-    return TransportCapture(app)
+    request_log.app = app
+    return TransportCapture(request_log)

@@ -2,7 +2,8 @@
 
 - ``POST /_emulator/faults``: queue scripted faults (sim engine);
 - ``POST /_emulator/reset``: reseed the faults and unload every model;
-- ``GET /_emulator/state``: engine, slots, models, loaded runners and faults drawn.
+- ``GET /_emulator/state``: engine, slots, models, loaded runners and faults drawn;
+- ``GET /_emulator/requests``: the generation requests received (``request_log.py``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
@@ -141,3 +142,32 @@ def test_after_a_run_a_killed_run_and_a_resumed_run_one_openai_line_per_id(
     assert counts["records"] == 1201 and counts["input_errors"] == 1
     # auto: OpenAI batch lines in → OpenAI's format out, by default.
     assert write_results(str(out), str(tmp_path / "auto.jsonl")).format == "openai"
+
+
+def test_request_fields_reach_the_server_or_become_input_errors_naming_them(
+    prefect_api: str, sim_server: Callable[..., OllamaServer], tmp_path: Path
+) -> None:
+    server = sim_server()
+    sent = {"response_format": {"type": "json_object"}, "seed": 7, "stop": ["\n\n"]}
+    sent |= {"max_tokens": 20, "temperature": 0.2, "top_p": 0.9}
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    lines = [_line("fmt", **sent), _line("tools", tools=tools)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    params = BatchParams(
+        input=str(tmp_path / "in.jsonl"),
+        output=str(tmp_path / "out"),
+        target=server.base_url,
+        api="openai",
+        max_failed_fraction=1,
+    )
+    asyncio.run(batch_inference(params))
+    log = httpx.get(server.base_url + "/_emulator/requests", timeout=10).json()["requests"]
+    [request] = [r for r in log if r["path"] == CHAT]  # the tools line was never sent
+    body = request["body"]
+    assert body["response_format"] == {"type": "json_object"}
+    assert (body["seed"], body["stop"], body["max_tokens"]) == (7, ["\n\n"], 20)
+    assert (body["temperature"], body["top_p"]) == (0.2, 0.9)
+    results, errors = read_output(local(tmp_path / "out"))
+    assert [r["id"] for r in results] == ["fmt"]
+    [error] = errors
+    assert error["id"] == "tools" and error["kind"] == "input" and "'tools'" in error["error"]
