@@ -37,18 +37,24 @@ _MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
 def iter_results(
-    output: str | ObjectStore, *, order: Order = "output", storage_client: Any = None
+    output: str | ObjectStore,
+    *,
+    format: Format = "native",
+    order: Order = "output",
+    storage_client: Any = None,
 ) -> Iterator[dict[str, Any]]:
     """Every input id's one record, streamed (for notebooks: ``for r in iter_results(path)``).
 
-    ``order="input"`` follows the input of the last run (``manifest.json``'s ``input``); records
-    of ids no longer in that input come last.
+    ``format="openai"`` yields OpenAI batch output lines instead (results and errors alike; an
+    error line has ``error`` set). ``order="input"`` follows the input of the last run
+    (``manifest.json``'s ``input``); records of ids no longer in that input come last.
     """
     store = open_store(output, storage_client) if isinstance(output, str) else output
-    if order == "output":
-        yield from iter_final_records(store)
-        return
-    yield from _in_input_order(store, storage_client)
+    records = (
+        iter_final_records(store) if order == "output" else _in_input_order(store, storage_client)
+    )
+    for record in records:
+        yield to_openai_line(record) if format == "openai" else record
 
 
 def _digest(id_: str) -> bytes:
@@ -157,7 +163,7 @@ def write_results(
     ``<output>/final/results.jsonl``); ``"openai"``: OpenAI's batch output and error files
     (``tasks.batch.openai_format``); ``"auto"``: OpenAI's when the input was OpenAI batch lines.
     """
-    records = iter_results(output, order=order, storage_client=storage_client)
+    records = iter_results(output, order=order, storage_client=storage_client)  # native
     first = next(records, None)
     fmt: Format = format if format != "auto" else _detect(first)
     to, errors_to = destinations(output, to, fmt)

@@ -62,6 +62,10 @@ def test_one_record_per_id_by_the_reconciliation_rule(tmp_path: Path) -> None:
     assert by_id["b"]["response"] == "B" and by_id["c"]["error"] == "new"
     assert by_id["d"]["response"] == "ok"  # the earliest shard's result wins
     assert [r["id"] for r in iter_results(str(out), order="input")] == ["a", "b", "c", "d"]
+    lines = {line["custom_id"]: line for line in iter_results(str(out), format="openai")}
+    assert sorted(lines) == ["a", "b", "c", "d"]
+    assert lines["c"]["response"] is None and lines["c"]["error"]["code"] == "http_500"
+    assert lines["b"]["response"]["body"]["choices"][0]["message"]["content"] == "B"
 
 
 def test_write_results_counts_and_writes_one_line_per_id(tmp_path: Path) -> None:
