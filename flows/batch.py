@@ -33,7 +33,13 @@ from tasks.batch.steps import (
     scan_existing_output,
 )
 from tasks.batch.stores import ObjectStore, open_store
-from tasks.clients import GoogleCloud, caller_identity, credentials_identity, resolve_cloud, storage_client
+from tasks.clients import (
+    GoogleCloud,
+    caller_identity,
+    credentials_identity,
+    resolve_cloud,
+    storage_client,
+)
 from tasks.errors import BatchFailedError
 from tasks.id_tokens import GoogleIdTokenAuth
 
