@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from tasks import cloud_run
 from tasks.batch.dispatch import run_shards
 from tasks.batch.lease import OutputLease
 from tasks.batch.ledger import IdLedger
@@ -75,6 +76,9 @@ async def _run(
         resolve_target, params.target, cloud, params.region, settings.in_flight or 4
     )
     in_flight = settings.in_flight or target.slots
+    if cloud is not None and target.service:  # a batch is a use of the service (tasks/idle.py)
+        name = cloud_run.service_name(cloud.project, params.region, target.service)
+        await asyncio.to_thread(cloud_run.record_service_use.fn, cloud, name)
     files = await asyncio.to_thread(list_inputs, params.input, gcs, store.base_uri)
     total_bytes = sum(f.size for f in files)
     scan = await asyncio.to_thread(scan_existing_output, store, ledger := IdLedger())

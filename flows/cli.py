@@ -4,7 +4,7 @@ Options are generated from each flow's parameter model (flows/parameters.py, pyd
 a new flow needs one entry in FLOWS and no CLI code:
 
     ollama-cloudrun deploy --model gemma2:9b
-    ollama-cloudrun teardown --sweep --ttl-hours 24
+    ollama-cloudrun teardown --sweep --idle-hours 24
     ollama-cloudrun --env-file .emulator-state/emulator.env smoke-test
 
 Help costs no Prefect import: the command list comes from FLOWS, a command's options from its

@@ -14,19 +14,28 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.transactions import Transaction, transaction
 
 from flows.parameters import DeployParameters, SmokeTestParameters
 from flows.smoke_test import smoke_test
-from tasks import artifact_registry, cloud_build, cloud_run, iam, preflight, service_usage, storage
+from tasks import (
+    artifact_registry,
+    cloud_build,
+    cloud_run,
+    iam,
+    idle,
+    preflight,
+    service_usage,
+    storage,
+)
 from tasks.clients import GoogleCloud, caller_identity, resolve_cloud
+from tasks.errors import UnmanagedResourceError
 from tasks.models import (
-    DEPLOYMENT_LABEL,
-    MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE,
-    RUN_LABEL,
-    label_value,
+    LAST_USED_LABEL,
+    is_managed,
+    managed_labels,
+    unmanaged_message,
 )
 
 DEFAULT_SOURCE_DIR = cloud_build.BUILD_CONTEXT  # ollama-backend/, shipped in the package
@@ -41,11 +50,9 @@ SMOKE_SUMMARY_KEYS = (
 )
 
 
-def managed_labels(service: str, run_name: str | None) -> dict[str, str]:
-    labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, DEPLOYMENT_LABEL: label_value(service)}
-    if run_name:
-        labels[RUN_LABEL] = label_value(run_name)
-    return labels
+def owner_name() -> str:
+    """Who makes the resources: the Prefect deployment running this flow, else the flow."""
+    return str(deployment.name or flow_run.get_flow_name() or "deploy")
 
 
 def caller_member(cloud: GoogleCloud) -> str:
@@ -105,7 +112,7 @@ def _find_or_build_image(
         build_args,
         params.build_timeout_seconds,
         params.build_machine_type,
-        managed_labels(params.service, None),
+        managed_labels(params.service, owner_name()),
     )
     return artifact_registry.ImageRef(built.image, built.digest), built
 
@@ -116,14 +123,20 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     params = params or DeployParameters()
     cloud = resolve_cloud(params.project, params.credentials_block)
     member = params.invoker or caller_member(cloud)
-    labels = managed_labels(params.service, flow_run.get_name())
+    labels = managed_labels(params.service, owner_name(), flow_run.get_name())
+    labels[LAST_USED_LABEL] = str(int(idle.now()))  # a deploy is a use (tasks/idle.py)
     actions: dict[str, str] = {}
 
     cloud = cloud.with_enabled(service_usage.enable_apis(cloud))  # first: the preflight needs them
     # Fails in seconds, before any build, naming region, ID token, permission or quota problems.
     checked = preflight.preflight(cloud, params.spec, params.run_smoke_test)
+    service_name = cloud_run.service_name(cloud.project, params.region, params.service)
+    existing = cloud_run.get_service(cloud, service_name)
+    if existing is not None and not is_managed(existing.labels) and not params.adopt:
+        # Before the build: refusing costs seconds and touches nothing.
+        raise UnmanagedResourceError(unmanaged_message("Cloud Run service", service_name))
     _, repo_created = artifact_registry.ensure_repository(
-        cloud, params.region, params.repository, labels
+        cloud, params.region, params.repository, labels, params.adopt
     )
     actions["repository"] = "created" if repo_created else "exists"
     image, built = _find_or_build_image(cloud, params, labels)
@@ -135,7 +148,9 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
 
     smoke: dict[str, object] = {}
     with transaction() as txn:
-        outcome = cloud_run.deploy_service(cloud, params.spec, image.digest_uri, sa_email, labels)
+        outcome = cloud_run.deploy_service(
+            cloud, params.spec, image.digest_uri, sa_email, labels, params.adopt
+        )
         txn.set("cloud", cloud)
         txn.set("outcome", outcome)
         actions["service"] = outcome.action
@@ -152,6 +167,7 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
                     model=params.model,
                 )
             )
+    cloud_run.record_service_use(cloud, outcome.name)  # an unchanged redeploy is a use too
 
     summary: dict[str, Any] = {
         "service": outcome.name,

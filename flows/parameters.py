@@ -55,6 +55,11 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
         default=1800.0, gt=0, description="wait for the service to be ready"
     )
     run_smoke_test: bool = Field(default=True, description="smoke-test the service after deploying")
+    adopt: bool = Field(
+        default=False,
+        description="take over a same-named service or repository this project did not create "
+        "(not labelled managed-by=ollama-cloudrun); refused otherwise",
+    )
 
     @property
     def spec(self) -> ServiceSpec:
@@ -92,7 +97,7 @@ class SmokeTestParameters(GoogleCloudTarget):
 
 
 class TeardownParameters(GoogleCloudTarget):
-    """One deployment to delete, or (``sweep``) everything managed and older than ``ttl_hours``."""
+    """One deployment to delete, or (``sweep``) every managed resource idle for ``idle_hours``."""
 
     service: str = Field(
         default="ollama-gemma", pattern=SERVICE_ID_PATTERN, description="Cloud Run service id"
@@ -107,13 +112,22 @@ class TeardownParameters(GoogleCloudTarget):
         default="ollama", pattern=ACCOUNT_ID_PATTERN, description="runtime service account id"
     )
     sweep: bool = Field(
-        default=False, description="delete every managed resource older than ttl_hours"
+        default=False,
+        description="delete every managed resource idle for idle_hours (or past its expires-at)",
     )
-    ttl_hours: float = Field(
-        default=24.0, ge=0, description="sweep: minimum age of what is deleted"
+    idle_hours: float = Field(
+        default=24.0,
+        ge=1,
+        description="sweep: hours without a deploy, smoke test, batch or request before a "
+        "service (then its repository and service account) is deleted",
     )
     regions: list[str] = Field(
         default_factory=lambda: ["us-central1"], description="sweep: regions to search"
+    )
+    force: bool = Field(
+        default=False,
+        description="delete the named service, repository and service account even when this "
+        "project did not create them (no managed-by=ollama-cloudrun label); refused otherwise",
     )
 
 

@@ -56,6 +56,7 @@ def smoke_test(params: SmokeTestParameters | None = None) -> dict[str, object]:
         "without token": status,
         "sample answer": sample.text.strip().replace("\n", " ")[:300],
     }
+    cloud_run.record_service_use(cloud, name)
     create_markdown_artifact(
         markdown=_markdown(summary),
         key=f"smoke-test-{params.service}",

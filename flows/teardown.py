@@ -2,28 +2,124 @@
 
 Normal mode deletes one deployment: the service, the repository with its images, the staging
 objects and the service account — in that order, each step independent, so a partial deploy is
-cleaned up too. Sweep mode deletes everything labelled ``managed-by=ollama-cloudrun`` older than
-a TTL (service accounts, which have no labels, by the marker in their description).
+cleaned up too. Each must carry ``managed-by=ollama-cloudrun`` (or the service account its
+marker), else nothing is deleted unless ``force``.
+
+Sweep mode deletes what is idle, not what is old (tasks/idle.py): a managed service unused for
+``idle_hours`` (no deploy, smoke test or batch recorded in its ``last-used`` label, no request
+in Cloud Monitoring) or past its ``expires-at``; never one labelled ``keep=true`` or named by a
+deployment in prefect.yaml. Then the repositories and service accounts no remaining service
+uses, and old staging objects.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
 
+import yaml
+from google.api_core import exceptions as gexc
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.parameters import TeardownParameters
-from tasks import artifact_registry, cloud_run, iam, storage
-from tasks.clients import resolve_cloud
+from tasks import artifact_registry, cloud_run, iam, idle, storage
+from tasks.clients import GoogleCloud, resolve_cloud
+from tasks.deletions import Deletion, Outcome
+from tasks.errors import AccessDeniedError, UnmanagedResourceError
 from tasks.models import (
     DEPLOYMENT_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    SERVICE_ID_PATTERN,
+    ServiceSpec,
+    is_managed,
     label_value,
+    unmanaged_message,
 )
 
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENT_FILES = (ROOT / "prefect.yaml", ROOT / "deployments" / "prefect.gcp.yaml")
+DEFAULT_SERVICE = str(ServiceSpec.model_fields["service"].default)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+
+
+def _read(read: Callable[[], T]) -> T | None:
+    """A read for the ownership check: absent (NotFound, API not enabled) is None."""
+    try:
+        return read()
+    except gexc.NotFound:
+        return None
+    except AccessDeniedError as exc:
+        if exc.api is None:
+            raise
+        return None
+
+
+def unmanaged_resources(cloud: GoogleCloud, params: TeardownParameters) -> list[str]:
+    """The refusal of every named resource that exists without our label (or marker)."""
+    refused = []
+    service = cloud_run.service_name(cloud.project, params.region, params.service)
+    found = _read(partial(cloud_run.get_service, cloud, service))
+    if found is not None and not is_managed(found.labels):
+        refused.append(unmanaged_message("Cloud Run service", service, deleting=True))
+    get_repo = partial(artifact_registry.get_repository, cloud, params.region, params.repository)
+    repo = _read(get_repo)
+    if repo is not None and not is_managed(repo.labels):
+        refused.append(unmanaged_message("Artifact Registry repository", repo.name, deleting=True))
+    email = iam.service_account_email(cloud.project, params.service_account_id)
+    account = _read(partial(iam.get_service_account, cloud, email))
+    if account is not None and not iam.is_managed_account(account):
+        refused.append(unmanaged_message("service account", email, deleting=True))
+    return refused
+
+
+def protected_services(paths: tuple[Path, ...] = DEPLOYMENT_FILES) -> frozenset[str]:
+    """The services the deployments in prefect.yaml (and its GCP twin) name: never swept."""
+    names: set[str] = set()
+    for path in paths:
+        if not path.is_file():
+            continue
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for deployment in document.get("deployments") or []:
+            params = (deployment.get("parameters") or {}).get("params") or {}
+            entrypoint = str(deployment.get("entrypoint", ""))
+            if entrypoint.startswith(("flows/deploy.py", "flows/pipeline.py")):
+                names.add(str(params.get("service", DEFAULT_SERVICE)))
+            for key in ("service", "target"):
+                value = str(params.get(key, ""))
+                if re.fullmatch(SERVICE_ID_PATTERN, value):
+                    names.add(value)
+    return frozenset(names)
+
+
+def sweep(cloud: GoogleCloud, params: TeardownParameters) -> list[Deletion]:
+    """Idle services first; then what no remaining service uses: repositories, accounts."""
+    at = idle.now()
+    protected = protected_services()
+    if not protected:
+        get_run_logger().warning("No prefect.yaml found: no service is protected by name")
+    services = cloud_run.sweep_idle_services(
+        cloud, params.regions, at, params.idle_hours, protected
+    )
+    swept = {d.name for d in services if d.outcome is not Outcome.KEPT}
+    remaining = [s for s in cloud_run.list_all_services(cloud) if s.name not in swept]
+    images = {c.image for s in remaining for c in s.template.containers}
+    accounts = {s.template.service_account for s in remaining}
+    older_than = dt.datetime.fromtimestamp(at, dt.UTC) - dt.timedelta(hours=params.idle_hours)
+    return [
+        *services,
+        *artifact_registry.sweep_idle_repositories(
+            cloud, params.regions, at, params.idle_hours, images
+        ),
+        *storage.delete_staging_objects(cloud, MANAGED, older_than),
+        *iam.sweep_idle_service_accounts(cloud, older_than, accounts),
+    ]
 
 
 @flow(name="teardown")
@@ -32,15 +128,13 @@ def teardown(params: TeardownParameters | None = None) -> list[dict[str, str]]:
     params = params or TeardownParameters()
     cloud = resolve_cloud(params.project, params.credentials_block)
     if params.sweep:
-        older_than = dt.datetime.now(dt.UTC) - dt.timedelta(hours=params.ttl_hours)
-        deletions = [
-            *cloud_run.sweep_services(cloud, params.regions, older_than),
-            *artifact_registry.sweep_repositories(cloud, params.regions, older_than),
-            *storage.delete_staging_objects(cloud, MANAGED, older_than),
-            *iam.sweep_service_accounts(cloud, older_than),
-        ]
+        deletions = sweep(cloud, params)
         key = "teardown-sweep"
     else:
+        # Checked before anything is deleted: a refusal loses nothing.
+        refused = [] if params.force else unmanaged_resources(cloud, params)
+        if refused:
+            raise UnmanagedResourceError("Teardown refused: " + " ".join(refused))
         service = cloud_run.service_name(cloud.project, params.region, params.service)
         deployment = {**MANAGED, DEPLOYMENT_LABEL: label_value(params.service)}
         email = iam.service_account_email(cloud.project, params.service_account_id)

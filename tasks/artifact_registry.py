@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from functools import partial
 
@@ -11,11 +10,11 @@ from google.cloud import artifactregistry_v1
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import clients
+from tasks import clients, idle
 from tasks.clients import GoogleCloud
-from tasks.deletions import Deletion, delete_resource, list_or_empty
-from tasks.errors import google_errors
-from tasks.models import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from tasks.deletions import Deletion, Outcome, delete_resource, list_or_empty
+from tasks.errors import UnmanagedResourceError, google_errors
+from tasks.models import MANAGED_BY_LABEL, MANAGED_BY_VALUE, is_managed, unmanaged_message
 from tasks.retries import transient_retry
 
 OPERATION_TIMEOUT_SECONDS = 300.0
@@ -57,9 +56,17 @@ def build_repository(labels: dict[str, str]) -> artifactregistry_v1.Repository:
 
 @task(name="ensure-repository", cache_policy=NO_CACHE)
 def ensure_repository(
-    cloud: GoogleCloud, region: str, repository: str, labels: dict[str, str]
+    cloud: GoogleCloud,
+    region: str,
+    repository: str,
+    labels: dict[str, str],
+    adopt: bool = False,
 ) -> tuple[str, bool]:
-    """Create the Docker repository, or get it when it exists. Returns (its name, created)."""
+    """Create the Docker repository, or get it when it exists. Returns (its name, created).
+
+    An existing repository without ``managed-by=ollama-cloudrun`` is refused unless ``adopt``
+    (then images are pushed into it as it is; teardown still needs ``force`` to delete it).
+    """
     client = clients.artifact_registry_client(cloud)
     name = repository_name(cloud.project, region, repository)
     created = False
@@ -77,8 +84,23 @@ def ensure_repository(
                 repo, created = operation.result(timeout=OPERATION_TIMEOUT_SECONDS), True
             except gexc.Conflict:
                 repo = client.get_repository(name=name, retry=transient_retry(cloud))
+    if not created and not adopt and not is_managed(repo.labels):
+        raise UnmanagedResourceError(unmanaged_message("Artifact Registry repository", name))
     get_run_logger().info("Repository %s %s", repo.name, "created" if created else "exists")
     return repo.name, created
+
+
+def get_repository(
+    cloud: GoogleCloud, region: str, repository: str
+) -> artifactregistry_v1.Repository | None:
+    """The repository, or None when it does not exist."""
+    client = clients.artifact_registry_client(cloud)
+    name = repository_name(cloud.project, region, repository)
+    with google_errors(f"read repository {name}"):
+        try:
+            return client.get_repository(name=name, retry=transient_retry(cloud))
+        except gexc.NotFound:
+            return None
 
 
 @task(name="find-image-tag", cache_policy=NO_CACHE)
@@ -127,15 +149,40 @@ def list_managed_repositories(
         return [r for r in repos if r.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE]
 
 
-@task(name="sweep-repositories", cache_policy=NO_CACHE)
-def sweep_repositories(
-    cloud: GoogleCloud, regions: list[str], older_than: dt.datetime
+def repository_of_image(image: str) -> str | None:
+    """``REGION-docker.pkg.dev/P/REPO/IMAGE[:tag|@digest]`` → the repository's resource name."""
+    host, _, path = image.partition("/")
+    parts = path.split("/")
+    if not host.endswith("-docker.pkg.dev") or len(parts) < 3:
+        return None
+    return repository_name(parts[0], host.removesuffix("-docker.pkg.dev"), parts[1])
+
+
+@task(name="sweep-idle-repositories", cache_policy=NO_CACHE)
+def sweep_idle_repositories(
+    cloud: GoogleCloud,
+    regions: list[str],
+    at: float,
+    idle_hours: float,
+    images_in_use: set[str],
 ) -> list[Deletion]:
-    """Delete every managed repository created before ``older_than`` in ``regions``."""
-    deletions = []
+    """Delete the managed repositories (with their images) no remaining service runs an image
+    of, once idle (tasks/idle.py, on their labels and update time). ``images_in_use``: the
+    images of every service left, managed or not."""
+    in_use = {repository_of_image(image) for image in images_in_use}
+    looked: list[Deletion] = []
     for region in regions:
         for repo in list_or_empty(partial(list_managed_repositories, cloud, region)):
-            if repo.create_time and repo.create_time < older_than:
-                repo_id = repo.name.rsplit("/", 1)[-1]
-                deletions.append(delete_repository.fn(cloud, region, repo_id))
-    return deletions
+            why = idle.keep_reason(repo.name, repo.labels, frozenset())
+            if why is None and repo.name in in_use:
+                why = "a service runs an image from it"
+            idle_why = idle.idle_reason(repo.labels, repo.update_time, at, idle_hours)
+            if why is None and idle_why is None:
+                why = f"updated within the last {idle_hours:g} h"
+            if why is not None:
+                looked.append(Deletion(REPOSITORY_KIND, repo.name, Outcome.KEPT, why))
+                continue
+            repo_id = repo.name.rsplit("/", 1)[-1]
+            deletion = delete_repository.fn(cloud, region, repo_id)
+            looked.append(deletion.because(f"no service uses it; {idle_why}"))
+    return looked

@@ -35,6 +35,7 @@ IMPERSONATE_ENV = "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 IAM_ENDPOINT = "https://iam.googleapis.com"
 RESOURCE_MANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
+MONITORING_ENDPOINT = "https://monitoring.googleapis.com"
 
 
 @dataclass(frozen=True)
@@ -181,3 +182,8 @@ def cloud_quotas_client(cloud: GoogleCloud) -> cloudquotas_v1.CloudQuotasClient:
 def resource_manager_session(cloud: GoogleCloud) -> tuple[AuthorizedSession, str]:
     """testIamPermissions is one call: an authorized session rather than another client library."""
     return AuthorizedSession(cloud.credentials), cloud.api_endpoint or RESOURCE_MANAGER_ENDPOINT
+
+
+def monitoring_session(cloud: GoogleCloud) -> tuple[AuthorizedSession, str]:
+    """One read of Cloud Monitoring (google-cloud-monitoring is not a dependency): REST."""
+    return AuthorizedSession(cloud.credentials), cloud.api_endpoint or MONITORING_ENDPOINT

@@ -17,20 +17,30 @@ from google.api_core import exceptions as gexc
 from google.api_core.operation import Operation
 from google.cloud import run_v2
 from google.iam.v1 import iam_policy_pb2, policy_pb2
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import clients
+from tasks import clients, idle, monitoring
 from tasks.clients import GoogleCloud
-from tasks.deletions import Deletion, delete_resource, list_or_empty
-from tasks.errors import ConfigurationError, ServiceNotReadyError, google_errors
+from tasks.deletions import Deletion, Outcome, delete_resource, list_or_empty
+from tasks.errors import (
+    ConfigurationError,
+    OllamaCloudRunError,
+    ServiceNotReadyError,
+    UnmanagedResourceError,
+    google_errors,
+)
 from tasks.models import (
+    BOOKKEEPING_LABELS,
+    LAST_USED_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     MODEL_ANNOTATION,
-    RUN_LABEL,
+    OWNER_LABEL,
     ServiceSpec,
+    is_managed,
+    unmanaged_message,
 )
 from tasks.retries import consistency_retry, transient_retry
 
@@ -104,11 +114,14 @@ def build_service(
 
 
 def service_fingerprint(service: run_v2.Service) -> dict[str, Any]:
-    """The user-settable fields this project manages, normalised; the flow-run label excluded."""
+    """The user-settable fields this project manages, normalised; bookkeeping labels (flow run,
+    owner, last use) excluded."""
 
     def user_keys(values: Any) -> dict[str, str]:
-        # Google's own keys (``run.googleapis.com/...``) and the flow-run label are not our spec.
-        return {k: v for k, v in dict(values).items() if k != RUN_LABEL and "/" not in k}
+        # Google's own keys (``run.googleapis.com/...``) and bookkeeping labels are not our spec.
+        return {
+            k: v for k, v in dict(values).items() if k not in BOOKKEEPING_LABELS and "/" not in k
+        }
 
     template = service.template
     containers = []
@@ -185,16 +198,19 @@ def deploy_service(
     image: str,
     service_account: str,
     labels: dict[str, str],
+    adopt: bool = False,
 ) -> DeployOutcome:
     """Create the service, or update it when its spec differs; do nothing when it is equal.
 
-    A revision that fails (quota while reconciling, crash on start) is undone before the error
-    is raised: a new service deleted, a replaced spec restored.
+    A same-named service without ``managed-by=ollama-cloudrun`` is refused (nothing sent) unless
+    ``adopt``: then it is labelled as ours and updated. A revision that fails (quota while
+    reconciling, crash on start) is undone before the error is raised: a new service deleted, a
+    replaced spec restored.
     """
     desired = build_service(spec, image, service_account, labels)
     name = service_name(cloud.project, spec.region, spec.service)
     with google_errors(f"deploy Cloud Run service {name}", requested=spec.max_instances):
-        outcome, operation = _send_service(cloud, spec, name, desired)
+        outcome, operation = _send_service(cloud, spec, name, desired, adopt)
         if operation is not None:
             try:
                 operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
@@ -206,12 +222,14 @@ def deploy_service(
 
 
 def _send_service(
-    cloud: GoogleCloud, spec: ServiceSpec, name: str, desired: run_v2.Service
+    cloud: GoogleCloud, spec: ServiceSpec, name: str, desired: run_v2.Service, adopt: bool
 ) -> tuple[DeployOutcome, Operation | None]:
     """Create or update (not waited); (unchanged outcome, None) when the spec is already equal."""
     client = clients.run_services_client(cloud)
     while True:
         existing = get_service(cloud, name)
+        if existing is not None and not is_managed(existing.labels) and not adopt:
+            raise UnmanagedResourceError(unmanaged_message("Cloud Run service", name))
         if existing is not None and service_fingerprint(existing) == service_fingerprint(desired):
             return DeployOutcome("unchanged", name, existing), None
         try:
@@ -225,6 +243,8 @@ def _send_service(
                 return DeployOutcome("created", name, None), operation
             update = run_v2.Service(desired)
             update.name = name
+            if OWNER_LABEL in existing.labels and is_managed(existing.labels):
+                update.labels[OWNER_LABEL] = existing.labels[OWNER_LABEL]  # the maker stays owner
             operation = client.update_service(
                 request=run_v2.UpdateServiceRequest(service=update, allow_missing=True),
                 retry=consistency_retry(cloud),
@@ -252,6 +272,35 @@ def revert_service(cloud: GoogleCloud, outcome: DeployOutcome) -> str:
             operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
         return "restored the previous spec"
     return "nothing to undo"
+
+
+@task(name="record-service-use", cache_policy=NO_CACHE)
+def record_service_use(cloud: GoogleCloud, name: str) -> bool:
+    """Stamp ``last-used=<Unix seconds>`` on a managed service (labels only: no new revision).
+
+    At most once per ``tasks.idle.RECORD_INTERVAL_SECONDS``; a missing or unmanaged service is
+    left alone. Returns whether a label was written.
+    """
+    service = get_service(cloud, name)
+    at = idle.now()
+    if service is None or not is_managed(service.labels):
+        return False
+    if not idle.should_record_use(service.labels, at):
+        return False
+    labels = dict(service.labels)
+    labels[LAST_USED_LABEL] = str(int(at))
+    client = clients.run_services_client(cloud)
+    with google_errors(f"record the use of Cloud Run service {name}"):
+        # Cloud Run Admin v2 services.patch with updateMask=labels: only the labels change.
+        operation = client.update_service(
+            request=run_v2.UpdateServiceRequest(
+                service=run_v2.Service(name=name, labels=labels),
+                update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+            ),
+            retry=consistency_retry(cloud),
+        )
+        operation.result(timeout=OPERATION_TIMEOUT_SECONDS)
+    return True
 
 
 @dataclass(frozen=True)
@@ -350,14 +399,56 @@ def list_managed_services(cloud: GoogleCloud, region: str) -> list[run_v2.Servic
         return [s for s in services if s.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE]
 
 
-@task(name="sweep-services", cache_policy=NO_CACHE)
-def sweep_services(
-    cloud: GoogleCloud, regions: list[str], older_than: dt.datetime
+def list_all_services(cloud: GoogleCloud) -> list[run_v2.Service]:
+    """Every service of the project in every region (``locations/-``, as Cloud Run v2 allows)."""
+    client = clients.run_services_client(cloud)
+    parent = f"projects/{cloud.project}/locations/-"
+    with google_errors(f"list the Cloud Run services of {parent}"):
+        return list(client.list_services(parent=parent, retry=transient_retry(cloud)))
+
+
+def _use_reason(
+    cloud: GoogleCloud, service: run_v2.Service, at: float, idle_hours: float
+) -> str | None:
+    """Why an idle-looking service is still in use: requests in Cloud Monitoring over the
+    window, or the count unknown (then it is kept: the sweep deletes only what it knows)."""
+    _, _, region, _, short = service.name.split("/")[-5:]
+    end = dt.datetime.fromtimestamp(at, dt.UTC)
+    start = end - dt.timedelta(hours=idle_hours)
+    try:
+        count = monitoring.count_requests(cloud, region, short, start, end)
+    except (OllamaCloudRunError, gexc.GoogleAPICallError, gexc.RetryError) as exc:
+        return f"request count unknown ({type(exc).__name__}: {exc})"
+    if count:
+        return f"{count} request(s) in the last {idle_hours:g} h (Cloud Monitoring)"
+    return None
+
+
+@task(name="sweep-idle-services", cache_policy=NO_CACHE)
+def sweep_idle_services(
+    cloud: GoogleCloud,
+    regions: list[str],
+    at: float,
+    idle_hours: float,
+    protected: frozenset[str],
 ) -> list[Deletion]:
-    """Delete every managed service created before ``older_than`` in ``regions``."""
-    deletions = []
+    """Delete every managed service in ``regions`` that is idle at ``at`` (tasks/idle.py): its
+    ``expires-at`` has passed, or no recorded use and no request for ``idle_hours``. Kept ones
+    are returned too (outcome ``kept``, with why)."""
+    looked: list[Deletion] = []
     for region in regions:
         for service in list_or_empty(partial(list_managed_services, cloud, region)):
-            if service.create_time and service.create_time < older_than:
-                deletions.append(delete_service.fn(cloud, service.name))
-    return deletions
+            labels = service.labels
+            why = idle.keep_reason(service.name, labels, protected)
+            idle_why = idle.idle_reason(labels, service.update_time, at, idle_hours)
+            if why is None and idle_why is None:
+                why = f"used within the last {idle_hours:g} h"
+            if why is None and idle.expired_reason(labels, at) is None:
+                why = _use_reason(cloud, service, at, idle_hours)
+            if why is not None:
+                looked.append(Deletion(SERVICE_KIND, service.name, Outcome.KEPT, why))
+                continue
+            looked.append(delete_service.fn(cloud, service.name).because(str(idle_why)))
+    for deletion in looked:
+        get_run_logger().info("Sweep %s: %s (%s)", deletion.name, deletion.outcome, deletion.why)
+    return looked

@@ -8,7 +8,7 @@ always run again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeVar
 
@@ -23,6 +23,7 @@ class Outcome(StrEnum):
     DELETED = "deleted"
     ABSENT = "already gone"
     API_DISABLED = "already gone (API not enabled)"
+    KEPT = "kept"  # a sweep looked at it and left it (``why`` says why)
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,21 @@ class Deletion:
     kind: str  # "service", "repository (with its images)", "staging object", "service account"
     name: str
     outcome: Outcome
+    why: str = ""  # sweeps: why it was deleted or kept
 
     @property
     def deleted(self) -> bool:
         return self.outcome is Outcome.DELETED
 
     def row(self) -> dict[str, str]:
-        """The teardown table's row: kind, name, result."""
-        return {"kind": self.kind, "name": self.name, "result": self.outcome.value}
+        """The teardown table's row: kind, name, result (and why, for a sweep)."""
+        row = {"kind": self.kind, "name": self.name, "result": self.outcome.value}
+        if self.why:
+            row["why"] = self.why
+        return row
+
+    def because(self, why: str) -> Deletion:
+        return replace(self, why=why)
 
 
 def delete_resource(kind: str, name: str, delete: Callable[[], object]) -> Deletion:

@@ -10,7 +10,8 @@ Hierarchy::
     ├── InvalidRequestError        Google rejected the request as invalid (400); carries its message
     ├── BuildFailedError           Cloud Build finished in a state other than SUCCESS
     ├── ServiceNotReadyError       Cloud Run did not become ready (failed or timed out)
-    └── SmokeTestError             the deployed service did not answer as expected
+    ├── SmokeTestError             the deployed service did not answer as expected
+    └── UnmanagedResourceError     a same-named resource this project did not make (no managed-by)
 
 The boundary: every Google call in ``tasks/`` runs inside ``with google_errors("<action>"):``. A
 permanent Google error raised there (quota, permission, API not enabled, invalid argument) leaves
@@ -74,6 +75,10 @@ class ServiceNotReadyError(OllamaCloudRunError):
 
 class SmokeTestError(OllamaCloudRunError):
     """The deployed service did not answer as expected."""
+
+
+class UnmanagedResourceError(OllamaCloudRunError):
+    """A same-named resource exists without ``managed-by=ollama-cloudrun``: not ours to change."""
 
 
 _CAPACITY_MARKER = "Quota exceeded"

@@ -59,6 +59,11 @@ def managed_description(now: dt.datetime | None = None) -> str:
     return f"Ollama on Cloud Run runtime identity; {MARKER} created={created}"
 
 
+def is_managed_account(account: ServiceAccount) -> bool:
+    """Whether this project made the account (the marker in its description)."""
+    return MARKER in f"{account.description} {account.display_name}"
+
+
 def marker_created(account: ServiceAccount) -> dt.datetime | None:
     """When a service account we manage was created (from its description), else None."""
     text = f"{account.description} {account.display_name}"
@@ -154,12 +159,17 @@ def list_service_accounts(cloud: GoogleCloud) -> list[ServiceAccount]:
             return accounts
 
 
-@task(name="sweep-service-accounts", cache_policy=NO_CACHE)
-def sweep_service_accounts(cloud: GoogleCloud, older_than: dt.datetime) -> list[Deletion]:
-    """Delete every service account whose marker says it was created before ``older_than``."""
+@task(name="sweep-idle-service-accounts", cache_policy=NO_CACHE)
+def sweep_idle_service_accounts(
+    cloud: GoogleCloud, older_than: dt.datetime, accounts_in_use: set[str]
+) -> list[Deletion]:
+    """Delete every managed account that no remaining service runs as, created before
+    ``older_than`` (service accounts have no labels: the marker in their description)."""
     deletions = []
     for account in list_or_empty(partial(list_service_accounts, cloud)):
         created = marker_created(account)
-        if created is not None and created < older_than:
-            deletions.append(delete_service_account.fn(cloud, account.email))
+        if created is None or created >= older_than or account.email in accounts_in_use:
+            continue
+        deletion = delete_service_account.fn(cloud, account.email)
+        deletions.append(deletion.because("no service runs as it"))
     return deletions

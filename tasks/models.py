@@ -14,6 +14,7 @@ default as a cost choice (README, "GPU zonal redundancy is a cost choice").
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,6 +24,15 @@ MANAGED_BY_VALUE = "ollama-cloudrun"
 DEPLOYMENT_LABEL = "ollama-cloudrun-deployment"
 RUN_LABEL = "ollama-cloudrun-run"
 MODEL_ANNOTATION = "ollama-cloudrun/model"
+# Ownership: who made a resource. Never rewritten by an update (the first maker stays the owner).
+OWNER_LABEL = "ollama-cloudrun-owner"
+# Idleness (the sweep): Unix seconds of the last deploy, smoke test or batch; an optional deadline
+# set by hand; ``keep=true`` exempts a resource from the sweep for good.
+LAST_USED_LABEL = "last-used"
+EXPIRES_AT_LABEL = "expires-at"
+KEEP_LABEL = "keep"
+# Labels that record use or ownership rather than the declared spec: never a reason to update.
+BOOKKEEPING_LABELS = frozenset({RUN_LABEL, OWNER_LABEL, LAST_USED_LABEL})
 
 # Cloud Run regions that offer NVIDIA L4 GPUs: "Supported regions" of
 # https://cloud.google.com/run/docs/configuring/services/gpu (and .../workerpools/gpu), as read on
@@ -66,6 +76,34 @@ def memory_gib(memory: str) -> float:
 def label_value(text: str) -> str:
     """A Google label value: lowercase letters, digits, ``-`` and ``_``, at most 63 characters."""
     return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
+
+
+def is_managed(labels: Mapping[str, str]) -> bool:
+    """Whether a resource carries ``managed-by=ollama-cloudrun`` (this project made it)."""
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
+
+
+def unmanaged_message(kind: str, name: str, *, deleting: bool = False) -> str:
+    """The one refusal text for a resource this project did not make."""
+    override = "force=True deletes it anyway" if deleting else "adopt=True takes it over"
+    return (
+        f"{kind} {name} exists but is not labelled {MANAGED_BY_LABEL}={MANAGED_BY_VALUE}: "
+        f"ollama-cloudrun did not create it, so it leaves it untouched ({override}; or choose "
+        "another name)."
+    )
+
+
+def managed_labels(deployment: str, owner: str, run_name: str | None = None) -> dict[str, str]:
+    """The labels of everything this project creates: managed-by, the deployment (service) it
+    belongs to, its owner (the Prefect deployment or flow that made it) and the flow run."""
+    labels = {
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        DEPLOYMENT_LABEL: label_value(deployment),
+        OWNER_LABEL: label_value(owner),
+    }
+    if run_name:
+        labels[RUN_LABEL] = label_value(run_name)
+    return labels
 
 
 class ServiceSpec(BaseModel):

@@ -31,6 +31,7 @@ from emulator.gcp import (
     cloud_run,
     iam,
     iam_credentials,
+    monitoring,
     resource_manager,
     service_usage,
 )
@@ -59,6 +60,7 @@ def backend_factories() -> dict[str, BackendFactory]:
         "cloud_quotas": cloud_quotas.CloudQuotasBackend,
         "resource_manager": resource_manager.ResourceManagerBackend,
         "service_account_policies": iam_credentials.ServiceAccountPolicies,
+        "monitoring": monitoring.MonitoringBackend,
     }
     return factories
 
@@ -77,6 +79,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         *cloud_run.routes(emulator),
         *cloud_quotas.routes(emulator),
         *resource_manager.routes(emulator),
+        *monitoring.routes(emulator),
     ]
     # A route with a custom verb (`:enable`) wins over a variable that would swallow it.
     return sorted(table, key=lambda r: r.verb is None)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,7 @@ NO_INSTANCE = (
     "troubleshooting documentation can be found at: "
     "https://cloud.google.com/run/docs/troubleshooting#abort-request"
 )
+REQUEST_LOG_LIMIT = 100_000  # answered requests kept per service for the request_count metric
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -168,12 +171,22 @@ def check_access(
 class Ingress:
     """An ASGI app plus the uvicorn server that serves it on 127.0.0.1:<port>."""
 
-    def __init__(self, verify: TokenVerifier, rules: IngressRules, port: int = 0) -> None:
+    def __init__(
+        self,
+        verify: TokenVerifier,
+        rules: IngressRules,
+        port: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.verify = verify
         self.rules = rules
         self.backend_url: str | None = None
         self.in_flight = 0
         self.served = 0
+        # (time, HTTP status) of every request answered, denials included, as Cloud Run counts
+        # them in run.googleapis.com/request_count; served by emulator/gcp/monitoring.
+        self.answered: deque[tuple[float, int]] = deque(maxlen=REQUEST_LOG_LIMIT)
+        self._clock = clock
         self._requested_port = port
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
@@ -267,14 +280,17 @@ class Ingress:
         if denial is None and backend is None:
             denial = unavailable()
         if denial is not None:
+            self.answered.append((self._clock(), denial.status))
             await _respond(send, denial)
             return
         self.in_flight += 1
+        status = 503
         try:
-            await self._forward(scope, receive, send, headers, str(backend), rules)
+            status = await self._forward(scope, receive, send, headers, str(backend), rules)
         finally:
             self.in_flight -= 1
             self.served += 1
+            self.answered.append((self._clock(), status))
 
     async def _forward(
         self,
@@ -284,12 +300,13 @@ class Ingress:
         headers: Mapping[str, str],
         backend: str,
         rules: IngressRules,
-    ) -> None:
+    ) -> int:
+        """Forward one request; returns the status answered (499: the client went away)."""
         body = bytearray()
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return 499
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
@@ -309,7 +326,7 @@ class Ingress:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError:
             await _respond(send, unavailable())
-            return
+            return 503
         try:
             out = [
                 (k.encode("latin-1"), v.encode("latin-1"))
@@ -327,6 +344,7 @@ class Ingress:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.aclose()
+        return response.status_code
 
 
 async def _respond(send: Send, denial: Denial) -> None:

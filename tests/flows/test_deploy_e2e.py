@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
@@ -10,7 +12,7 @@ from prefect.artifacts import Artifact
 from flows.deploy import DeployParameters, deploy
 from flows.smoke_test import SmokeTestParameters, smoke_test
 from flows.teardown import TeardownParameters, teardown
-from tasks import clients
+from tasks import clients, idle
 from tasks.errors import QuotaExceededError, SmokeTestError
 from tests.flows.conftest import EmulatorControl
 
@@ -139,17 +141,21 @@ def test_smoke_test_failure_rolls_back(emulator_api: EmulatorControl, service_id
     teardown(TeardownParameters(service=service_id))
 
 
-def test_propagation_delay_and_sweep(emulator_api: EmulatorControl, service_id: str) -> None:
+def test_propagation_delay_and_sweep(
+    emulator_api: EmulatorControl, service_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     emulator_api.configure(propagation_delay_seconds=3)
     result = deploy(DeployParameters(service=service_id))
     assert result["actions"]["service"] == "created"
     emulator_api.configure(propagation_delay_seconds=0)
 
-    kept = teardown(TeardownParameters(sweep=True, ttl_hours=24))
-    assert kept == []  # everything is younger than a day
+    kept = teardown(TeardownParameters(sweep=True, idle_hours=24))
+    assert {r["result"] for r in kept} == {"kept"}  # used a moment ago
     assert _get_service(service_id).uri
 
-    swept = _results(teardown(TeardownParameters(sweep=True, ttl_hours=0)))
+    later = time.time() + 25 * 3600  # a day and an hour without use
+    monkeypatch.setattr(idle, "now", lambda: later)
+    swept = _results(teardown(TeardownParameters(sweep=True, idle_hours=24)))
     assert swept == {
         "service": "deleted",
         "repository (with its images)": "deleted",

@@ -101,7 +101,7 @@ def _model_schema(deployment: DeploymentResponse) -> dict[str, Any]:
     [
         ("deploy/redeploy", {"model": "string", "max_instances": "integer", "gpu": "integer"}),
         ("batch-inference/nightly-batch", {"input": "string", "output": "string"}),
-        ("teardown/cleanup-sweep", {"sweep": "boolean", "ttl_hours": "number"}),
+        ("teardown/cleanup-sweep", {"sweep": "boolean", "idle_hours": "number"}),
         ("pipeline/pipeline", {"input": "string", "teardown": "boolean", "model": "string"}),
     ],
 )

@@ -145,7 +145,7 @@ def test_options_come_from_the_parameter_models() -> None:
     teardown_cmd = teardown_group.commands["teardown"]
     sweep = next(p for p in teardown_cmd.params if "--sweep" in p.opts)
     assert "--no-sweep" in sweep.secondary_opts
-    assert any("--ttl-hours" in p.opts for p in teardown_cmd.params)
+    assert any("--idle-hours" in p.opts for p in teardown_cmd.params)
 
 
 def test_bad_parameters_exit_2_with_a_clear_message() -> None:
@@ -153,8 +153,8 @@ def test_bad_parameters_exit_2_with_a_clear_message() -> None:
     assert result.returncode == 2
     assert "a GPU service needs at least 4 CPU" in result.stderr
     assert "Value error" not in result.stderr and "Traceback" not in result.stderr
-    result = _cli("teardown", "--ttl-hours", "soon")
-    assert result.returncode == 2 and "--ttl-hours" in result.stderr
+    result = _cli("teardown", "--idle-hours", "soon")
+    assert result.returncode == 2 and "--idle-hours" in result.stderr
     result = _cli("batch", "--input", "in.jsonl", "--output", "out/", "--target", "Not A Name")
     assert result.returncode == 2
     assert "--target: must be an http(s):// URL or a Cloud Run service name" in result.stderr

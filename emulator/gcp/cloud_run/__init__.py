@@ -20,7 +20,7 @@ and must have loaded it). Only then is the service Ready and the LRO done. Every
 Deleting a service stops its backend and ingress; a restored state dir restarts them.
 """
 
-from emulator.gcp.cloud_run.backend import CloudRunBackend
+from emulator.gcp.cloud_run.backend import AnsweredRequests, CloudRunBackend
 from emulator.gcp.cloud_run.routes import routes
 from emulator.gcp.cloud_run.serving import launch_ollama
 from emulator.gcp.cloud_run.spec import (
@@ -34,6 +34,7 @@ from emulator.gcp.cloud_run.spec import (
 
 __all__ = [
     "SERVICE",
+    "AnsweredRequests",
     "CloudRunBackend",
     "launch_ollama",
     "parse_cpu",

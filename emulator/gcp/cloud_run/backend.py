@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from google.cloud import run_v2
@@ -48,6 +49,17 @@ if TYPE_CHECKING:
     from emulator.gcp.registry import Emulator
 
 ServiceKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class AnsweredRequests:
+    """What one revision's ingress answered, (time, HTTP status) per request: the raw data of
+    Cloud Monitoring's run.googleapis.com/request_count (emulator/gcp/monitoring)."""
+
+    location: str
+    service: str
+    revision: str
+    requests: Sequence[tuple[float, int]]
 
 
 class CloudRunBackend:
@@ -116,7 +128,12 @@ class CloudRunBackend:
             raise invalid_argument(total_cpu_quota_message(fit, violated))
 
     def _new_ingress(self, port: int = 0) -> Ingress:
-        ingress = Ingress(self._emulator.signer.verify_id_token, IngressRules(), port=port)
+        ingress = Ingress(
+            self._emulator.signer.verify_id_token,
+            IngressRules(),
+            port=port,
+            clock=self._emulator.clock,
+        )
         ingress.bind()
         return ingress
 
@@ -221,6 +238,16 @@ class CloudRunBackend:
 
         name = located_operation_name(project, location)
         return self._emulator.start_operation(name, snapshot, resolve)
+
+    def answered_requests(self, project: str) -> list[AnsweredRequests]:
+        """What each live service's ingress answered, credited to its serving revision (for
+        Cloud Monitoring's request_count)."""
+        p = self._project(project)
+        return [
+            AnsweredRequests(loc, sid, r.service.latest_ready_revision, list(r.ingress.answered))
+            for (rp, loc, sid), r in self._services.items()
+            if rp == p and r.ingress is not None
+        ]
 
     def get_iam_policy(self, project: str, location: str, service_id: str) -> policy_pb2.Policy:
         return self._record(project, location, service_id).policy

@@ -1,0 +1,37 @@
+"""Cloud Monitoring state: none of its own. The request counts are the emulated Cloud Run
+services' (each ingress records what it answered); this backend reads them. No HTTP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from emulator.gcp.cloud_run import CloudRunBackend
+from emulator.gcp.monitoring.spec import REQUEST_COUNT, request_count_series
+
+if TYPE_CHECKING:
+    from emulator.gcp.registry import Emulator
+
+
+class MonitoringBackend:
+    def __init__(self, emulator: Emulator) -> None:
+        self._emulator = emulator
+
+    def list_time_series(
+        self, project: str, clauses: dict[str, str], start: float, end: float
+    ) -> list[dict[str, Any]]:
+        """The series of `clauses["metric.type"]` in (start, end]; only request_count exists."""
+        if clauses["metric.type"] != REQUEST_COUNT:
+            return []
+        answered = self._emulator.get(CloudRunBackend).answered_requests(project)
+        return request_count_series(project, answered, clauses, start, end)
+
+    # -- registry protocol: the counts live with the services' ingresses, not here -------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

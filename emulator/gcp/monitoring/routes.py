@@ -1,0 +1,37 @@
+"""Cloud Monitoring v3 routes (discovery document monitoring.v3, `projects.timeSeries.list`):
+
+  GET /v3/projects/{project}/timeSeries?filter=...&interval.startTime=...&interval.endTime=...
+
+Raw series only: an `aggregation.*` parameter is refused rather than ignored, so a caller never
+mistakes raw points for aligned ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from emulator.gcp.errors import invalid_argument
+from emulator.gcp.monitoring.backend import MonitoringBackend
+from emulator.gcp.monitoring.spec import parse_filter, parse_time
+from emulator.gcp.routing import Call, Route
+
+if TYPE_CHECKING:
+    from emulator.gcp.registry import Emulator
+
+
+def list_time_series(call: Call) -> dict[str, Any]:
+    query = call.query
+    clauses = parse_filter(query.get("filter", ""))
+    if "interval.endTime" not in query:
+        raise invalid_argument("Field interval.endTime had an invalid value: must be set.")
+    end = parse_time(query["interval.endTime"], "interval.end_time")
+    start = parse_time(query.get("interval.startTime", query["interval.endTime"]), "start_time")
+    if any(k.startswith(("aggregation.", "secondaryAggregation.")) for k in query):
+        raise invalid_argument("emulator.gcp serves raw time series only (no aggregation).")
+    backend = call.emulator.get(MonitoringBackend)
+    found = backend.list_time_series(call.param("project"), clauses, start, end)
+    return {"timeSeries": found} if found else {}
+
+
+def routes(emulator: Emulator) -> list[Route]:
+    return [Route("GET", "/v3/projects/{project}/timeSeries", list_time_series)]
