@@ -76,7 +76,7 @@ FLOWS: dict[str, FlowCommand] = {
         "flows.parameters:BatchParams",
     ),
     "teardown": FlowCommand(
-        "Delete the service, images, staging objects and service account (or sweep old ones).",
+        "Delete the service, images, staging objects and service account (or sweep idle ones).",
         "flows.teardown:teardown",
         "flows.parameters:TeardownParameters",
     ),
@@ -89,6 +89,11 @@ FLOWS: dict[str, FlowCommand] = {
         "Write a batch output's final answer set (one record per input id) to one JSONL file.",
         "flows.results:collect_results",
         "flows.parameters:ResultsParams",
+    ),
+    "check": FlowCommand(
+        "Fail when a managed service's spec or IAM policy drifted from what deploy declared.",
+        "flows.check:check",
+        "flows.parameters:CheckParameters",
     ),
 }
 # ``results OUTPUT``: a bare word right after these commands is the value of this option.

@@ -131,6 +131,14 @@ class TeardownParameters(GoogleCloudTarget):
     )
 
 
+class CheckParameters(GoogleCloudTarget):
+    """Where to look for managed services."""
+
+    regions: list[str] = Field(
+        default_factory=lambda: ["us-central1"], description="regions to check"
+    )
+
+
 class PipelineParameters(DeployParameters, BatchSettings):
     """The deploy parameters (the tutorial's defaults), the batch settings (where the prompts and
     results are, how they are sent) and whether the run owns its service."""

@@ -11,7 +11,8 @@ Hierarchy::
     ├── BuildFailedError           Cloud Build finished in a state other than SUCCESS
     ├── ServiceNotReadyError       Cloud Run did not become ready (failed or timed out)
     ├── SmokeTestError             the deployed service did not answer as expected
-    └── UnmanagedResourceError     a same-named resource this project did not make (no managed-by)
+    ├── UnmanagedResourceError     a same-named resource this project did not make (no managed-by)
+    └── DriftError                 a managed service differs from its declared spec or policy
 
 The boundary: every Google call in ``tasks/`` runs inside ``with google_errors("<action>"):``. A
 permanent Google error raised there (quota, permission, API not enabled, invalid argument) leaves
@@ -79,6 +80,10 @@ class SmokeTestError(OllamaCloudRunError):
 
 class UnmanagedResourceError(OllamaCloudRunError):
     """A same-named resource exists without ``managed-by=ollama-cloudrun``: not ours to change."""
+
+
+class DriftError(OllamaCloudRunError):
+    """A managed service was changed behind the project's back (spec or IAM policy)."""
 
 
 _CAPACITY_MARKER = "Quota exceeded"

@@ -24,6 +24,8 @@ MANAGED_BY_VALUE = "ollama-cloudrun"
 DEPLOYMENT_LABEL = "ollama-cloudrun-deployment"
 RUN_LABEL = "ollama-cloudrun-run"
 MODEL_ANNOTATION = "ollama-cloudrun/model"
+# The declared spec (cloud_run.service_fingerprint as JSON) that deploy sent: what drift compares.
+DECLARED_ANNOTATION = "ollama-cloudrun/declared"
 # Ownership: who made a resource. Never rewritten by an update (the first maker stays the owner).
 OWNER_LABEL = "ollama-cloudrun-owner"
 # Idleness (the sweep): Unix seconds of the last deploy, smoke test or batch; an optional deadline

@@ -26,6 +26,7 @@ EXPECTED = {
     "redeploy": ("flows/deploy.py:deploy", None),
     "nightly-batch": ("flows/batch.py:batch_inference", "0 2 * * *"),
     "cleanup-sweep": ("flows/teardown.py:teardown", "30 * * * *"),
+    "drift-check": ("flows/check.py:check", "0 6 * * *"),
     "pipeline": ("flows/pipeline.py:pipeline", None),
     "teardown-failed-pipeline": ("flows/pipeline.py:teardown_failed_pipeline", None),
 }
@@ -53,7 +54,7 @@ def test_prefect_yaml_passes_prefect_and_the_strict_check(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", [LOCAL_YAML, GCP_YAML], ids=["prefect.yaml", "prefect.gcp.yaml"])
-def test_the_four_deployments_and_the_automation_target(path: Path) -> None:
+def test_the_deployments_and_the_automation_target(path: Path) -> None:
     deployments = by_name(load(path))
     assert set(deployments) == set(EXPECTED)
     for name, (entrypoint, cron) in EXPECTED.items():

@@ -66,6 +66,7 @@ def test_every_deployment_is_registered_on_the_local_pool(
         "deploy/redeploy",
         "batch-inference/nightly-batch",
         "teardown/cleanup-sweep",
+        "check/drift-check",
         "pipeline/pipeline",
         "teardown-failed-pipeline/teardown-failed-pipeline",
     }
@@ -83,6 +84,7 @@ def test_schedules(registered: dict[str, DeploymentResponse]) -> None:
 
     assert crons("batch-inference/nightly-batch") == [("0 2 * * *", "UTC", True)]
     assert crons("teardown/cleanup-sweep") == [("30 * * * *", "UTC", True)]
+    assert crons("check/drift-check") == [("0 6 * * *", "UTC", True)]
     assert registered["deploy/redeploy"].schedules == []
     assert registered["pipeline/pipeline"].schedules == []
 
