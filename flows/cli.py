@@ -95,6 +95,11 @@ FLOWS: dict[str, FlowCommand] = {
         "flows.check:check",
         "flows.parameters:CheckParameters",
     ),
+    "plan": FlowCommand(
+        "Show what deploy would change, per resource, without changing anything.",
+        "flows.plan:plan",
+        "flows.parameters:DeployParameters",
+    ),
 }
 # ``results OUTPUT``: a bare word right after these commands is the value of this option.
 POSITIONAL = {"results": "--output"}

@@ -14,8 +14,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from prefect.transactions import Transaction, transaction
+from pydantic import Field
 
 from flows.parameters import DeployParameters, SmokeTestParameters
 from flows.smoke_test import smoke_test
@@ -117,10 +120,34 @@ def _find_or_build_image(
     return artifact_registry.ImageRef(built.image, built.digest), built
 
 
+class PlanApproval(RunInput):
+    """The form a paused deploy shows: apply the plan above, or not."""
+
+    approve: bool = Field(description="apply the plan shown in the plan artifact")
+    comment: str = Field(default="", description="why (kept in the run's log)")
+
+
 @flow(name="deploy")
 def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
     params = params or DeployParameters()
+    if params.plan_only or params.plan_first or params.require_approval:
+        from flows.plan import plan  # flows.plan builds on this module's parameters
+
+        planned = plan(params)
+        if params.plan_only:
+            return planned
+        if params.require_approval:
+            approval = pause_flow_run(
+                wait_for_input=PlanApproval,
+                timeout=params.approval_timeout_seconds,
+                poll_interval=2,
+            )
+            get_run_logger().info(
+                "Plan %s: %s", "approved" if approval.approve else "rejected", approval.comment
+            )
+            if not approval.approve:
+                return {"approved": False, "comment": approval.comment, "plan": planned}
     cloud = resolve_cloud(params.project, params.credentials_block)
     member = params.invoker or caller_member(cloud)
     labels = managed_labels(params.service, owner_name(), flow_run.get_name())

@@ -55,6 +55,20 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
         default=1800.0, gt=0, description="wait for the service to be ready"
     )
     run_smoke_test: bool = Field(default=True, description="smoke-test the service after deploying")
+    plan_only: bool = Field(
+        default=False, description="only print and store the plan (flow plan); change nothing"
+    )
+    plan_first: bool = Field(
+        default=False, description="store the plan artifact before changing anything"
+    )
+    require_approval: bool = Field(
+        default=False,
+        description="after the plan, pause until someone approves it in the UI (rejected: "
+        "nothing is changed)",
+    )
+    approval_timeout_seconds: int = Field(
+        default=3600, ge=60, le=7 * 86400, description="how long to wait for the approval"
+    )
     adopt: bool = Field(
         default=False,
         description="take over a same-named service or repository this project did not create "

@@ -9,7 +9,8 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from prefect.artifacts import Artifact
 
 from flows.check import ARTIFACT_KEY, check
-from flows.deploy import DeployParameters, deploy
+from flows.deploy import deploy
+from flows.parameters import DeployParameters
 from tasks import clients
 from tasks.errors import DriftError
 from tests.flows.conftest import EmulatorControl

@@ -19,7 +19,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 
 from flows.batch import BatchParams, batch_inference
-from flows.deploy import DeployParameters, deploy
+from flows.deploy import deploy
+from flows.parameters import DeployParameters
 from flows.teardown import TeardownParameters, protected_services, teardown
 from tasks import artifact_registry, clients, idle
 from tests.flows.conftest import EmulatorControl

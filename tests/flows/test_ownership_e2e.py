@@ -12,7 +12,8 @@ import httpx
 import pytest
 from google.cloud import artifactregistry_v1, run_v2, service_usage_v1
 
-from flows.deploy import DeployParameters, deploy
+from flows.deploy import deploy
+from flows.parameters import DeployParameters
 from flows.teardown import TeardownParameters, teardown
 from tasks import clients
 from tasks.errors import UnmanagedResourceError
