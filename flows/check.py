@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.parameters import CheckParameters
-from tasks import cloud_run
+from tasks import cloud_run, drift
 from tasks.clients import resolve_cloud
 from tasks.errors import DriftError
 
@@ -31,7 +31,7 @@ def _show(value: Any) -> str:
 def service_differences(service: Any, policy: Any) -> list[dict[str, str]]:
     """The table rows for one service: spec fields, then IAM bindings."""
     rows = []
-    declared = cloud_run.declared_fingerprint(service)
+    declared = drift.declared_fingerprint(service)
     if declared is None:
         rows.append(
             {
@@ -44,7 +44,7 @@ def service_differences(service: Any, policy: Any) -> list[dict[str, str]]:
         )
     else:
         live = cloud_run.service_fingerprint(service)
-        for field, want, have in cloud_run.spec_diff(declared, live):
+        for field, want, have in drift.spec_diff(declared, live):
             rows.append(
                 {
                     "service": service.name,
@@ -54,7 +54,7 @@ def service_differences(service: Any, policy: Any) -> list[dict[str, str]]:
                     "live": _show(have),
                 }
             )
-    for role, problem in cloud_run.policy_drift(policy):
+    for role, problem in drift.policy_drift(policy):
         rows.append(
             {
                 "service": service.name,

@@ -127,27 +127,37 @@ class PlanApproval(RunInput):
     comment: str = Field(default="", description="why (kept in the run's log)")
 
 
+def _plan_first(params: DeployParameters) -> dict[str, Any] | None:
+    """The plan, when asked for: what to return instead of deploying (plan only, or a rejected
+    approval), else None to go on."""
+    if not (params.plan_only or params.plan_first or params.require_approval):
+        return None
+    from flows.plan import plan  # flows.plan builds on this module's parameters
+
+    planned = plan(params)
+    if params.plan_only:
+        return planned
+    if params.require_approval:
+        approval = pause_flow_run(
+            wait_for_input=PlanApproval,
+            timeout=params.approval_timeout_seconds,
+            poll_interval=2,
+        )
+        get_run_logger().info(
+            "Plan %s: %s", "approved" if approval.approve else "rejected", approval.comment
+        )
+        if not approval.approve:
+            return {"approved": False, "comment": approval.comment, "plan": planned}
+    return None
+
+
 @flow(name="deploy")
 def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
     params = params or DeployParameters()
-    if params.plan_only or params.plan_first or params.require_approval:
-        from flows.plan import plan  # flows.plan builds on this module's parameters
-
-        planned = plan(params)
-        if params.plan_only:
-            return planned
-        if params.require_approval:
-            approval = pause_flow_run(
-                wait_for_input=PlanApproval,
-                timeout=params.approval_timeout_seconds,
-                poll_interval=2,
-            )
-            get_run_logger().info(
-                "Plan %s: %s", "approved" if approval.approve else "rejected", approval.comment
-            )
-            if not approval.approve:
-                return {"approved": False, "comment": approval.comment, "plan": planned}
+    stop = _plan_first(params)
+    if stop is not None:
+        return stop
     cloud = resolve_cloud(params.project, params.credentials_block)
     member = params.invoker or caller_member(cloud)
     labels = managed_labels(params.service, owner_name(), flow_run.get_name())

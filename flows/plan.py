@@ -28,7 +28,16 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.deploy import caller_member, owner_name
 from flows.parameters import DeployParameters
-from tasks import artifact_registry, clients, cloud_run, iam, preflight, service_usage, storage
+from tasks import (
+    artifact_registry,
+    clients,
+    cloud_run,
+    drift,
+    iam,
+    preflight,
+    service_usage,
+    storage,
+)
 from tasks.clients import GoogleCloud, resolve_cloud
 from tasks.errors import AccessDeniedError, OllamaCloudRunError, google_errors
 from tasks.models import is_managed, managed_labels, unmanaged_message
@@ -96,7 +105,7 @@ def service_changes(
     if existing is not None and not is_managed(existing.labels) and not params.adopt:
         return Change("service", name, "blocked", unmanaged_message("Cloud Run service", name))
     if existing is not None:
-        diff = cloud_run.spec_diff(
+        diff = drift.spec_diff(
             cloud_run.service_fingerprint(existing), cloud_run.service_fingerprint(desired)
         )
         if not diff:
