@@ -26,23 +26,15 @@ from tasks.batch.params import BatchParams
 from tasks.batch.plan import PlanStats, plan_shards
 from tasks.batch.results import counts_dict, write_results
 from tasks.batch.steps import (
-    build_engine,
     check_output,
+    connect_targets,
     list_inputs,
-    resolve_target,
     retire_errors,
     scan_existing_output,
 )
 from tasks.batch.stores import ObjectStore, open_store
-from tasks.clients import (
-    GoogleCloud,
-    caller_identity,
-    credentials_identity,
-    resolve_cloud,
-    storage_client,
-)
+from tasks.clients import GoogleCloud, resolve_cloud, storage_client
 from tasks.errors import BatchFailedError
-from tasks.id_tokens import GoogleIdTokenAuth
 
 SUMMARY_KEY = "batch-inference-summary"
 
@@ -71,28 +63,20 @@ async def _run(
     params: BatchParams, store: ObjectStore, cloud: GoogleCloud | None, gcs: Any, clock: RunClock
 ) -> dict[str, Any]:
     """Under the output's lease: plan, run the shards, reconcile, report."""
-    logger, settings = get_run_logger(), params.engine
-    target = await asyncio.to_thread(
-        resolve_target, params.target, cloud, params.region, settings.in_flight or 4
-    )
-    in_flight = settings.in_flight or target.slots
-    if cloud is not None and target.service:  # a batch is a use of the service (tasks/idle.py)
-        name = cloud_run.service_name(cloud.project, params.region, target.service)
-        await asyncio.to_thread(cloud_run.record_service_use.fn, cloud, name)
+    logger = get_run_logger()
+    targets, engine = await connect_targets(params, cloud)
+    for target in targets:  # a batch is a use of each service it sends to (tasks/idle.py)
+        if cloud is not None and target.service and target.region:
+            name = cloud_run.service_name(cloud.project, target.region, target.service)
+            await asyncio.to_thread(cloud_run.record_service_use.fn, cloud, name)
     files = await asyncio.to_thread(list_inputs, params.input, gcs, store.base_uri)
     total_bytes = sum(f.size for f in files)
     scan = await asyncio.to_thread(scan_existing_output, store, ledger := IdLedger())
+    via = ", ".join(f"{t.label} ({t.service or 'url'}, {t.slots} slots)" for t in targets)
     logger.info(
         f"batch {clock.token}: {len(files)} input file(s), {total_bytes} bytes → {store.base_uri} "
-        f"via {target.uri} ({target.service or 'url'}, in flight {in_flight}); output holds "
+        f"via {via}, in flight {engine.max_limit}; output holds "
         f"{scan.succeeded} results and {scan.failed} failed ids"
-    )
-    id_tokens = None
-    if params.sends_id_tokens:  # the caller's own identity: the one the deploy granted invoker
-        who = caller_identity(cloud) if cloud else credentials_identity(params.credentials_block)
-        id_tokens = GoogleIdTokenAuth(target.uri, who.id_tokens)
-    engine = build_engine(
-        target, settings, model=params.model, in_flight=in_flight, id_tokens=id_tokens
     )
 
     # Plan, and run the shards as they are planned.
@@ -113,7 +97,7 @@ async def _run(
     ledger.close()
 
     # Report (the manifest first: a run the failure policy fails has written everything).
-    facts = RunFacts(params, target, store.base_uri, clock, plan, totals, engine, retired)
+    facts = RunFacts(params, targets, store.base_uri, clock, plan, totals, engine, retired)
     manifest = build_manifest(facts, flow_run.get_id())
     await manifest.publish(store, SUMMARY_KEY)  # manifest.json and the summary artifact
     counts = manifest.counts

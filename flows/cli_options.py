@@ -23,6 +23,9 @@ def option_type(annotation: Any) -> tuple[Any, str, str]:
         inner = [a for a in get_args(annotation) if a is not type(None)]
         if len(inner) == 1:
             return option_type(inner[0])
+        lists = [a for a in inner if get_origin(a) is list and get_args(a)[0] in inner]
+        if len(inner) == 2 and lists:  # X or list[X] (a string kept as saved): repeatable
+            return option_type(lists[0])
         return str, "TEXT", ""
     if origin is Literal:
         return str, "[" + "|".join(str(a) for a in get_args(annotation)) + "]", ""

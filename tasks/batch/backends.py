@@ -11,6 +11,8 @@ Both take Google ID tokens that refresh however long the run (``TokenSource`` /
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
 import ssl
 from typing import Any, Protocol, cast
@@ -27,6 +29,30 @@ from tasks.batch.records import Completion, PromptRequest
 from tasks.errors import IncompleteResponseError
 
 USER_AGENT = "ollama-cloudrun-batch"
+
+
+class RejectedError(ollama.ResponseError):
+    """An HTTP error answer, as the official client raises it, with its ``Retry-After``."""
+
+    def __init__(self, error: str, status_code: int, retry_after: float | None = None) -> None:
+        super().__init__(error, status_code)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` (RFC 9110 §10.2.3): delay-seconds or an HTTP-date → seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 class Backend(Protocol):
@@ -139,7 +165,11 @@ class OllamaBackend:
                         continue
                     if response.status >= 400:
                         text = (await response.read()).decode("utf-8", "replace")
-                        raise ollama.ResponseError(text or response.reason or "", response.status)
+                        raise RejectedError(
+                            text or response.reason or "",
+                            response.status,
+                            parse_retry_after(response.headers.get("Retry-After")),
+                        )
                     chat = request.messages is not None
                     if self.stream:
                         return await self._read_stream(response, chat=chat)

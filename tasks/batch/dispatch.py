@@ -18,7 +18,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from tasks.batch.engine import LatencyHistogram, RequestEngine
+from tasks.batch.engine import RequestEngine
+from tasks.batch.limiter import LatencyHistogram
 from tasks.batch.outputs import ShardWriter
 from tasks.batch.plan import PlanStats, Shard
 from tasks.batch.progress import ProgressReporter
@@ -105,12 +106,19 @@ class _Progress:
         return self.plan.skipped_bytes + self.engine.stats.done_bytes + self.totals.problem_bytes
 
     def status(self) -> str:
-        s, plan, limiter = self.engine.stats, self.plan, self.engine.limiter
-        return (
+        s, plan, engine = self.engine.stats, self.plan, self.engine
+        status = (
             f"{s.succeeded} ok, {s.failed} failed, "
             f"{plan.skipped_ok + plan.skipped_failed} skipped, "
-            f"{s.retries} retries, in flight {limiter.in_flight}/{limiter.limit}"
+            f"{s.retries} retries, in flight {engine.in_flight}/{engine.limit}"
         )
+        if len(engine.lanes) > 1:  # per target: answers, and a breaker that is not closed
+            status += "; " + ", ".join(
+                f"{lane.name} {lane.stats.ok}"
+                + ("" if lane.breaker.state == "closed" else f" ({lane.breaker.state})")
+                for lane in engine.lanes
+            )
+        return status
 
     async def tick(self) -> None:
         while True:
@@ -130,7 +138,7 @@ async def run_shards(
 ) -> RunTotals:
     """Dispatch every planned shard as it is planned, then close the engine; progress meanwhile."""
     progress = _Progress(total_bytes, progress_interval_seconds, plan, engine)
-    max_active = 1 + math.ceil(engine.limiter.max_limit / shard_size)
+    max_active = 1 + math.ceil(engine.max_limit / shard_size)
     await progress.reporter.start()
     ticker = asyncio.create_task(progress.tick())
     active: set[asyncio.Task[ShardResult]] = set()

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from tasks.batch.cost import CostEstimate, estimate_cost
 from tasks.batch.dispatch import RunTotals
 from tasks.batch.engine import RequestEngine
+from tasks.batch.limiter import LatencyHistogram
 from tasks.batch.outputs import MANIFEST_SCHEMA_VERSION, write_manifest
 from tasks.batch.params import BatchParams
 from tasks.batch.plan import PlanStats
@@ -71,6 +72,33 @@ class Latency(BaseModel):
     p95: float | None
     p99: float | None
 
+    @classmethod
+    def of(cls, histogram: LatencyHistogram) -> Latency:
+        return cls(**{f"p{q}": histogram.quantile(q / 100) for q in (50, 95, 99)})
+
+
+class TargetReport(BaseModel):
+    """One target's part of the run: attempts sent, answered, failed (and of those re-sent),
+    its share of the answers, latency, breaker openings and cost."""
+
+    name: str
+    uri: str
+    service: str | None
+    region: str | None
+    slots: int
+    in_flight: int
+    sent: int
+    ok: int
+    failed: int
+    retried: int
+    share: float | None  # of this run's answers
+    latency_s: Latency
+    backoffs: int
+    circuit_opens: int
+    circuit: str  # its breaker at the end: closed, open or half-open
+    instance_seconds: float
+    usd: float
+
 
 class Timings(BaseModel):
     started_at: str
@@ -103,6 +131,7 @@ class BatchManifest(BaseModel):
     tokens: Tokens
     cost: CostEstimate
     shards: Shards
+    targets: list[TargetReport] = []  # every target; ``service`` is the first
     reconciliation: str = RECONCILIATION
     failure: str | None = None  # why the run ended Failed (tasks.batch.policy), None: it did not
     flow_run_id: str | None = None
@@ -149,9 +178,20 @@ class BatchManifest(BaseModel):
             ("cost assumption", self.cost.assumption),
             ("model", self.model),
             ("service", self.service.name or self.service.uri),
+            *((f"target {t.name}", _target_line(t)) for t in self.targets),
             ("manifest", self.uri),
         ]
         return [{"metric": name, "value": str(value)} for name, value in rows]
+
+
+def _target_line(t: TargetReport) -> str:
+    share = "n/a" if t.share is None else f"{t.share:.1%}"
+    p50, p95 = (f"{v:.3f} s" if v else "n/a" for v in (t.latency_s.p50, t.latency_s.p95))
+    return (
+        f"{t.slots} slots: sent {t.sent}, ok {t.ok} ({share}), failed {t.failed} (retried "
+        f"{t.retried}), p50 {p50}, p95 {p95}, circuit opened {t.circuit_opens}x "
+        f"({t.circuit} at the end), ${t.usd}"
+    )
 
 
 @dataclass(frozen=True)
@@ -177,7 +217,7 @@ class RunFacts:
     """Everything a finished run knows, from which its manifest is made."""
 
     params: BatchParams
-    target: Target
+    targets: list[Target]
     output: str
     clock: RunClock
     plan: PlanStats
@@ -188,12 +228,8 @@ class RunFacts:
 
 def build_manifest(facts: RunFacts, flow_run_id: str | None) -> BatchManifest:
     """The manifest of a finished run (counts include what earlier runs did: ``skipped``)."""
-    plan, totals, stats, limiter = (
-        facts.plan,
-        facts.totals,
-        facts.engine.stats,
-        facts.engine.limiter,
-    )
+    plan, totals, stats, engine = facts.plan, facts.totals, facts.engine.stats, facts.engine
+    target = facts.targets[0]
     duration = time.monotonic() - facts.clock.started
     new_failed = totals.failed + totals.input_errors
     skipped = plan.skipped_ok + plan.skipped_failed
@@ -215,18 +251,18 @@ def build_manifest(facts: RunFacts, flow_run_id: str | None) -> BatchManifest:
             duplicate_ids=plan.duplicates,
             blank_lines=plan.blank,
             retries=stats.retries,
-            backoffs=limiter.decreases,
+            backoffs=engine.backoffs,
             exhausted_ids=plan.exhausted,
             error_kinds=dict(totals.error_kinds.most_common()),
         ),
         model=facts.params.model,
         service=ServiceInfo(
-            name=facts.target.service,
-            uri=facts.target.uri,
+            name=target.service,
+            uri=target.uri,
             api=facts.params.engine.api,
-            max_instances=facts.target.max_instances,
-            concurrency=facts.target.concurrency,
-            in_flight=limiter.max_limit,
+            max_instances=target.max_instances,
+            concurrency=target.concurrency,
+            in_flight=engine.max_limit,
         ),
         input=facts.params.input,
         output=facts.output,
@@ -235,15 +271,16 @@ def build_manifest(facts: RunFacts, flow_run_id: str | None) -> BatchManifest:
             started_at=facts.clock.started_at.isoformat(),
             finished_at=dt.datetime.now(dt.UTC).isoformat(),
             duration_s=round(duration, 3),
-            latency_s=Latency(**{f"p{q}": totals.latency.quantile(q / 100) for q in (50, 95, 99)}),
+            latency_s=Latency.of(totals.latency),
         ),
         tokens=Tokens(
             prompt=stats.prompt_tokens,
             eval=stats.eval_tokens,
             eval_per_s=round(stats.eval_tokens / duration, 2) if duration else None,
         ),
-        cost=estimate_cost(facts.params.prices, facts.target, limiter.instance_seconds),
+        cost=_total_cost(facts),
         shards=Shards(written=sorted(totals.written), retired_error_shards=facts.retired),
+        targets=target_reports(facts),
         flow_run_id=flow_run_id,
         failure=policy_violation(
             facts.params,
@@ -251,5 +288,54 @@ def build_manifest(facts: RunFacts, flow_run_id: str | None) -> BatchManifest:
             totals.failed,
             totals.input_errors,
             totals.error_kinds,
+        ),
+    )
+
+
+def target_reports(facts: RunFacts) -> list[TargetReport]:
+    lanes = facts.engine.lanes
+    answered = sum(lane.stats.ok for lane in lanes)
+    reports = []
+    for target, lane in zip(facts.targets, lanes, strict=True):
+        stats, limiter = lane.stats, lane.limiter
+        cost = estimate_cost(facts.params.prices, target, limiter.instance_seconds)
+        reports.append(
+            TargetReport(
+                name=target.label,
+                uri=target.uri,
+                service=target.service,
+                region=target.region,
+                slots=target.slots,
+                in_flight=limiter.max_limit,
+                sent=stats.sent,
+                ok=stats.ok,
+                failed=stats.failed,
+                retried=stats.retried,
+                share=round(stats.ok / answered, 4) if answered else None,
+                latency_s=Latency.of(stats.latency),
+                backoffs=limiter.decreases,
+                circuit_opens=lane.breaker.opens,
+                circuit=lane.breaker.state,
+                instance_seconds=cost.instance_seconds,
+                usd=cost.usd,
+            )
+        )
+    return reports
+
+
+def _total_cost(facts: RunFacts) -> CostEstimate:
+    """The targets' costs summed; the assumption is each target's, named."""
+    prices, lanes = facts.params.prices, facts.engine.lanes
+    costs = [
+        estimate_cost(prices, target, lane.limiter.instance_seconds)
+        for target, lane in zip(facts.targets, lanes, strict=True)
+    ]
+    if len(costs) == 1:
+        return costs[0]
+    return CostEstimate(
+        instance_seconds=round(sum(c.instance_seconds for c in costs), 2),
+        usd=round(sum(c.usd for c in costs), 6),
+        assumption="; ".join(
+            f"{t.label}: {c.assumption}" for t, c in zip(facts.targets, costs, strict=True)
         ),
     )

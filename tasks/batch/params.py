@@ -7,20 +7,12 @@ service is. The pipeline reuses ``BatchSettings`` and names the service itself.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.batch.cost import PriceAssumptions
-
-# Cloud Run service ids; kept here (not in tasks.batch.target, which loads the Cloud Run client)
-# because the CLI's help imports this module.
-SERVICE_ID_RE = re.compile(r"^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$")
-
-
-def is_url(target: str) -> bool:
-    return target.startswith(("http://", "https://"))
+from tasks.batch.target_refs import TargetRef, parse_targets, split_targets
 
 
 class EngineSettings(BaseModel):
@@ -54,6 +46,20 @@ class EngineSettings(BaseModel):
         0.5, ge=0, le=60, description="First retry back-off (jittered)."
     )
     backoff_max_seconds: float = Field(30.0, ge=0, le=600, description="Longest retry back-off.")
+    circuit_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="A target that fails this many requests in a row (connection errors, "
+        "timeouts, 5xx) gets no more until a probe succeeds; its share goes to the others.",
+    )
+    circuit_cooldown_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Wait before probing a target that kept failing (doubled after each failed "
+        "probe, up to 60 s).",
+    )
 
 
 _SUB_MODELS: dict[str, type[BaseModel]] = {"engine": EngineSettings, "prices": PriceAssumptions}
@@ -175,10 +181,12 @@ class BatchSettings(BaseModel):
 class BatchParams(BatchSettings):
     """Parameters of ``batch_inference``: the settings plus the service and its model."""
 
-    target: str = Field(
+    target: str | list[str] = Field(
         "ollama-gemma",
-        description="A Cloud Run service name (uri, max instances and concurrency are read from "
-        "Cloud Run) or a base URL (http[s]://host:port).",
+        description="Where prompts go: a Cloud Run service [REGION/]NAME (uri, max instances and "
+        "concurrency are read from Cloud Run) or a base URL (http[s]://host:port); several "
+        "(a list or commas) share the prompts in proportion to their slots. #slots=N after one "
+        "sets its slots (a URL's default: 4).",
     )
     model: str = Field("gemma2:9b", min_length=1, description="Model name sent with every request.")
     project: str | None = Field(
@@ -195,28 +203,28 @@ class BatchParams(BatchSettings):
 
     @field_validator("target")
     @classmethod
-    def _target(cls, value: str) -> str:
-        if not is_url(value) and not SERVICE_ID_RE.match(value):
-            raise ValueError(
-                "must be an http(s):// URL or a Cloud Run service name (lowercase letters, digits "
-                "and '-', starting with a letter)"
-            )
-        return value
+    def _target(cls, value: str | list[str]) -> str | list[str]:
+        """One target stays a string (as saved deployments have it); several become a list."""
+        parse_targets(value, "us-central1")  # the rules; regions are filled in by ``targets``
+        names = split_targets(value)
+        return names[0] if len(names) == 1 else names
+
+    @property
+    def targets(self) -> list[TargetRef]:
+        """Every target, parsed; a service without a region is in ``region``."""
+        return parse_targets(self.target, self.region)
 
     @property
     def needs_cloud(self) -> bool:
         """Google Cloud credentials are needed: a gs:// location or a Cloud Run service."""
-        return self.uses_gcs or not is_url(self.target)
+        return self.uses_gcs or any(ref.url is None for ref in self.targets)
 
     @property
     def uses_gcs(self) -> bool:
         return self.input.startswith("gs://") or self.output.startswith("gs://")
 
-    @property
-    def sends_id_tokens(self) -> bool:
+    def sends_id_tokens(self, ref: TargetRef) -> bool:
+        """ID tokens for this target: always, never, or (auto) for services and *.run.app."""
         if self.id_token != "auto":
             return self.id_token == "always"
-        if not is_url(self.target):
-            return True
-        host = self.target.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
-        return host.endswith(".run.app")
+        return ref.url is None or ref.on_run_app

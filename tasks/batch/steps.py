@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -12,15 +14,19 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batch.backends import Backend, OllamaBackend, OpenAIBackend
-from tasks.batch.engine import AdaptiveLimiter, RequestEngine
+from tasks.batch.breaker import CircuitBreaker
+from tasks.batch.engine import RequestEngine
 from tasks.batch.inputs import InputFile, resolve_inputs
+from tasks.batch.lanes import Lane
 from tasks.batch.ledger import IdLedger
+from tasks.batch.limiter import AdaptiveLimiter
 from tasks.batch.outputs import OutputScan, retire_superseded_errors, scan_output
-from tasks.batch.params import EngineSettings, is_url
+from tasks.batch.params import BatchParams, EngineSettings
 from tasks.batch.preflight import check_no_overlap, probe_output
 from tasks.batch.stores import ObjectInfo, ObjectStore
-from tasks.batch.target import Target, lookup_service, url_target
-from tasks.clients import GoogleCloud
+from tasks.batch.target import Target, lane_limits, lookup_service, url_target
+from tasks.batch.target_refs import URL_DEFAULT_SLOTS, TargetRef
+from tasks.clients import GoogleCloud, caller_identity, credentials_identity
 from tasks.errors import ConfigurationError
 from tasks.id_tokens import GoogleIdTokenAuth
 from tasks.retries import retry_transient
@@ -34,15 +40,15 @@ CONNECT_TIMEOUT_SECONDS = 10.0
     retry_delay_seconds=[1, 2, 4],
     retry_condition_fn=retry_transient,
 )
-def resolve_target(
-    target: str, cloud: GoogleCloud | None, region: str, default_concurrency: int
-) -> Target:
-    """A URL as is; a Cloud Run service name → its uri, max instances and concurrency."""
-    if is_url(target):
-        return url_target(target, default_concurrency)
+def resolve_target(ref: TargetRef, cloud: GoogleCloud | None, url_slots: int) -> Target:
+    """A URL as is (``url_slots`` unless it says ``#slots=N``); a Cloud Run service → its uri,
+    max instances and concurrency, read now from Cloud Run."""
+    if ref.url is not None:
+        return url_target(ref.url, ref.slots or url_slots)
     if cloud is None:
         raise ConfigurationError("a Cloud Run target needs Google Cloud credentials")
-    return lookup_service(cloud, region, target)
+    target = lookup_service(cloud, str(ref.region), str(ref.service))
+    return replace(target, explicit_slots=ref.slots) if ref.slots else target
 
 
 @task(
@@ -95,44 +101,87 @@ def retire_errors(
     return retire_superseded_errors(store, prior_error_shards, ledger)
 
 
-def build_engine(
+def build_backend(
     target: Target,
     settings: EngineSettings,
     *,
     model: str,
-    in_flight: int,
+    max_connections: int,
     id_tokens: GoogleIdTokenAuth | None,
-) -> RequestEngine:
-    """One engine for the run: the backend ``settings.api`` names, behind the adaptive limit."""
-    backend: Backend
+) -> Backend:
+    """The backend ``settings.api`` names, for one target (its own connections and audience)."""
     timeout = settings.request_timeout_seconds
     if settings.api == "openai":
-        backend = OpenAIBackend(
+        return OpenAIBackend(
             target.uri + "/v1",
             model,
             api_key=os.environ.get("OPENAI_API_KEY") or "unused",
             timeout=httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=timeout, write=60.0, pool=timeout),
             auth=id_tokens,
-            max_connections=in_flight,
+            max_connections=max_connections,
         )
-    else:
-        backend = OllamaBackend(
-            target.uri,
-            model,
-            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
-            read_timeout_seconds=timeout,
-            tokens=id_tokens,
-            max_connections=in_flight,
-            stream=settings.stream,
-        )
-    limiter = AdaptiveLimiter(
-        in_flight, concurrency=target.concurrency, max_instances=target.max_instances
+    return OllamaBackend(
+        target.uri,
+        model,
+        connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
+        read_timeout_seconds=timeout,
+        tokens=id_tokens,
+        max_connections=max_connections,
+        stream=settings.stream,
     )
+
+
+def build_engine(
+    targets: list[Target],
+    settings: EngineSettings,
+    *,
+    model: str,
+    id_tokens: dict[str, GoogleIdTokenAuth],
+) -> RequestEngine:
+    """One engine for the run: a lane per target (its backend, its share of the in-flight
+    requests, its circuit breaker). ``id_tokens``: by target uri, for those that get them."""
+    lanes = []
+    for target, limit in zip(targets, lane_limits(targets, settings.in_flight), strict=True):
+        backend = build_backend(
+            target,
+            settings,
+            model=model,
+            max_connections=limit,
+            id_tokens=id_tokens.get(target.uri),
+        )
+        limiter = AdaptiveLimiter(
+            limit, concurrency=target.concurrency, max_instances=target.max_instances
+        )
+        breaker = CircuitBreaker(
+            failures=settings.circuit_failures, cooldown_seconds=settings.circuit_cooldown_seconds
+        )
+        lanes.append(Lane(target.label, backend, limiter, breaker))
     return RequestEngine(
-        backend,
-        limiter,
+        lanes,
         max_retries=settings.max_retries,
         backoff_initial_seconds=settings.backoff_initial_seconds,
         backoff_max_seconds=settings.backoff_max_seconds,
-        attempt_timeout_seconds=timeout,
+        attempt_timeout_seconds=settings.request_timeout_seconds,
     )
+
+
+async def connect_targets(
+    params: BatchParams, cloud: GoogleCloud | None
+) -> tuple[list[Target], RequestEngine]:
+    """Every target resolved (services read from Cloud Run, at once), and the run's engine: ID
+    tokens, each for its own target's audience, from the caller's own identity (the one deploy
+    granted run.invoker)."""
+    refs = params.targets
+    url_slots = (params.engine.in_flight if len(refs) == 1 else None) or URL_DEFAULT_SLOTS
+    resolved = [asyncio.to_thread(resolve_target, ref, cloud, url_slots) for ref in refs]
+    targets = list(await asyncio.gather(*resolved))
+    id_tokens: dict[str, GoogleIdTokenAuth] = {}
+    if any(params.sends_id_tokens(ref) for ref in refs):
+        who = caller_identity(cloud) if cloud else credentials_identity(params.credentials_block)
+        id_tokens = {
+            target.uri: GoogleIdTokenAuth(target.uri, who.id_tokens)
+            for ref, target in zip(refs, targets, strict=True)
+            if params.sends_id_tokens(ref)
+        }
+    engine = build_engine(targets, params.engine, model=params.model, id_tokens=id_tokens)
+    return targets, engine

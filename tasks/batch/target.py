@@ -1,16 +1,17 @@
-"""Where the prompts go: a Cloud Run service found by name, or any base URL.
+"""Where the prompts go: Cloud Run services found by name, or any base URLs.
 
 For a Cloud Run service the uri, max instances, per-instance concurrency and the instance's
 resources (for the cost estimate) are read from Cloud Run Admin v2 through the official client.
+Several targets share the in-flight requests in proportion to their slots (``lane_limits``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.cloud import run_v2
 
-from tasks.batch.params import SERVICE_ID_RE
+from tasks.batch.target_refs import SERVICE_ID_RE
 from tasks.clients import GoogleCloud, run_services_client
 from tasks.errors import ConfigurationError, ServiceNotReadyError, google_errors
 
@@ -28,10 +29,28 @@ class Target:
     memory_gib: float = 32.0
     gpus: int = 1
     gpu_zonal_redundancy: bool = False
+    region: str | None = None  # a Cloud Run service's
+    explicit_slots: int | None = None  # ``#slots=N`` given with the target
 
     @property
     def slots(self) -> int:
-        return self.max_instances * self.concurrency
+        return self.explicit_slots or self.max_instances * self.concurrency
+
+    @property
+    def label(self) -> str:
+        """How logs, the summary and the manifest name it: ``region/service`` or the URL."""
+        return f"{self.region}/{self.service}" if self.service and self.region else self.uri
+
+
+def lane_limits(targets: list[Target], in_flight: int | None) -> list[int]:
+    """Each target's in-flight limit: its slots, or ``in_flight`` shared in proportion to them
+    (at least one each). One target takes ``in_flight`` whole, as it always did."""
+    if in_flight is None:
+        return [t.slots for t in targets]
+    if len(targets) == 1:
+        return [in_flight]
+    total = sum(t.slots for t in targets)
+    return [max(1, round(in_flight * t.slots / total)) for t in targets]
 
 
 def _cpu(value: str | None, default: float) -> float:
@@ -96,7 +115,7 @@ def lookup_service(cloud: GoogleCloud, region: str, name: str) -> Target:
     with google_errors(f"read the Cloud Run service {name} in {region}"):
         path = client.service_path(cloud.project, region, name)
         service = client.get_service(name=path, timeout=30)
-    return target_from_service(service)
+    return replace(target_from_service(service), region=region)
 
 
 def url_target(url: str, concurrency: int) -> Target:

@@ -8,7 +8,9 @@ import httpx
 import ollama
 import pytest
 
-from tasks.batch.engine import AdaptiveLimiter, LatencyHistogram, RequestEngine, is_transient
+from tasks.batch.engine import RequestEngine, is_transient
+from tasks.batch.lanes import Lane
+from tasks.batch.limiter import AdaptiveLimiter, LatencyHistogram
 from tasks.batch.records import Completion, PromptRequest
 
 
@@ -93,8 +95,7 @@ class ScriptedBackend:
 
 def _engine(backend: ScriptedBackend, retries: int = 3) -> RequestEngine:
     return RequestEngine(
-        backend,
-        AdaptiveLimiter(4, concurrency=4, max_instances=1),
+        [Lane("only", backend, AdaptiveLimiter(4, concurrency=4, max_instances=1))],
         max_retries=retries,
         backoff_initial_seconds=0.001,
         backoff_max_seconds=0.01,

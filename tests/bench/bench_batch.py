@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from emulator.ollama.launcher import running_ollama_server
 from tasks.batch.backends import OllamaBackend
-from tasks.batch.engine import AdaptiveLimiter, RequestEngine
+from tasks.batch.engine import RequestEngine
+from tasks.batch.lanes import Lane
+from tasks.batch.limiter import AdaptiveLimiter
 from tasks.batch.records import Completion, PromptRequest
 
 MODEL = "gemma2:9b"
@@ -161,8 +163,11 @@ def bench_engine(url: str, backend_kind: str, in_flight: int) -> tuple[float, fl
             )
         )
         engine = RequestEngine(
-            backend,
-            AdaptiveLimiter(in_flight, concurrency=in_flight, max_instances=1),
+            [
+                Lane(
+                    url, backend, AdaptiveLimiter(in_flight, concurrency=in_flight, max_instances=1)
+                )
+            ],
             max_retries=3,
             backoff_initial_seconds=0.1,
             backoff_max_seconds=1,

@@ -157,7 +157,9 @@ def test_bad_parameters_exit_2_with_a_clear_message() -> None:
     assert result.returncode == 2 and "--idle-hours" in result.stderr
     result = _cli("batch", "--input", "in.jsonl", "--output", "out/", "--target", "Not A Name")
     assert result.returncode == 2
-    assert "--target: must be an http(s):// URL or a Cloud Run service name" in result.stderr
+    assert "--target: 'Not A Name': must be an http(s):// URL or a Cloud Run service name" in (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
