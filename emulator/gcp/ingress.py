@@ -11,17 +11,24 @@ last byte → 429 with Cloud Run's text. Accepted requests are
 forwarded, streaming, to the service's current Ollama-compatible backend (503 while none is ready).
 
 One uvicorn server per service, on its own thread and port; `stop()` closes it.
+
+`set_outage(mode)` plays a service (or its region) dying, for tests and benchmarks (the control
+endpoint `POST /_emulator/outage`): every connection open to it is cut at once (requests in flight
+end in a reset), then `unavailable` answers each new request 503 with the front end's page and
+`refused` stops listening (connections refused); `None` serves again on the same port. Not an
+imitation of a documented Cloud Run answer: what a client sees of a region that died.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
@@ -33,6 +40,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 TokenVerifier = Callable[[str, str], Mapping[str, Any]]
+Outage = Literal["unavailable", "refused"]
+OUTAGES: tuple[str, ...] = ("unavailable", "refused")
 
 NO_INSTANCE = (
     "The request was aborted because there was no available instance. Additional "
@@ -187,6 +196,8 @@ class Ingress:
         # them in run.googleapis.com/request_count; served by emulator/gcp/monitoring.
         self.answered: deque[tuple[float, int]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._clock = clock
+        self.outage: Outage | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._requested_port = port
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
@@ -208,6 +219,7 @@ class Ingress:
             except OSError:
                 sock.bind(("127.0.0.1", 0))
             sock.listen(128)
+            self._requested_port = sock.getsockname()[1]  # a restart keeps the url
             self._socket = sock
         return self._socket
 
@@ -246,6 +258,34 @@ class Ingress:
             self._socket.close()
         self._server, self._thread, self._socket = None, None, None
 
+    def set_outage(self, mode: Outage | None) -> None:
+        """Cut every open connection and answer 503 (``unavailable``) or refuse connections
+        (``refused``); ``None``: serve again. Returns once the connections are cut."""
+        if mode is not None and mode not in OUTAGES:
+            raise ValueError(f"outage must be one of {', '.join(OUTAGES)} or null, got {mode!r}")
+        was, self.outage = self.outage, mode
+        if mode is not None and self._loop is not None and self._server is not None:
+            cut = asyncio.run_coroutine_threadsafe(self._cut(refuse=mode == "refused"), self._loop)
+            cut.result(timeout=30)
+        if mode is None and was == "refused" and self._thread is not None:
+            self.stop()  # its listener is closed: serve again on a new one, same port
+            self.start()
+
+    async def _cut(self, *, refuse: bool) -> None:
+        """On the ingress's own loop: stop listening (``refuse``), reset every connection and
+        cancel the requests being forwarded."""
+        server = self._server
+        assert server is not None
+        if refuse:
+            for listener in server.servers:
+                listener.close()
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        for task in list(server.server_state.tasks):
+            task.cancel()
+
     # -- ASGI --------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -258,6 +298,7 @@ class Ingress:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._loop = asyncio.get_running_loop()
                 self._client = httpx.AsyncClient(
                     timeout=None,
                     limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
@@ -273,7 +314,7 @@ class Ingress:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope.get("path", "/")
         rules = self.rules
-        denial = check_access(headers, path, rules, self.verify)
+        denial = unavailable() if self.outage else check_access(headers, path, rules, self.verify)
         if denial is None and self.in_flight >= rules.max_in_flight:
             denial = no_instance()
         backend = self.backend_url

@@ -38,7 +38,7 @@ from emulator.gcp.cloud_run.spec import (
 )
 from emulator.gcp.errors import GoogleApiError, invalid_argument, not_found
 from emulator.gcp.iam.policy import granted_permissions, replace_policy
-from emulator.gcp.ingress import Ingress, IngressRules
+from emulator.gcp.ingress import OUTAGES, Ingress, IngressRules
 from emulator.gcp.operations import Outcome, located_operation_name
 from emulator.gcp.protojson import message_to_json, parse_message, utc
 from emulator.gcp.resource_manager import ResourceManagerBackend
@@ -279,6 +279,19 @@ class CloudRunBackend:
             manager = self._emulator.get(ResourceManagerBackend)
             granted.update(manager.test_permissions(record.project, caller, asked))
         return [p for p in asked if p in granted]
+
+    # -- control (tests and benchmarks) --------------------------------------------------------
+
+    def set_outage(self, project: str, location: str, service_id: str, outage: Any) -> str | None:
+        """Play the service dying (``emulator.gcp.ingress.Ingress.set_outage``), or recovering."""
+        if outage is not None and outage not in OUTAGES:
+            raise invalid_argument(
+                f"outage must be one of {', '.join(OUTAGES)} or null, got {outage!r}"
+            )
+        record = self._record(project, location, service_id)
+        if record.ingress is not None:
+            record.ingress.set_outage(outage)
+        return outage
 
     # -- operations ----------------------------------------------------------------------------
 

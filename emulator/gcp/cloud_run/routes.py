@@ -1,6 +1,11 @@
 """Cloud Run Admin API v2 routes, under `/v2/projects/{project}/locations/{location}/services`:
 create, list, get, patch, delete, and the service's getIamPolicy / setIamPolicy /
 testIamPermissions.
+
+Control (a prefix Google never uses), per service:
+  POST /_emulator/outage {"project"?, "location", "service", "outage": "unavailable" | "refused" |
+  null} -> {"service", "outage"}: the service's ingress cuts every connection, then answers 503
+  or refuses connections (a region dying mid-run), or serves again (null).
 """
 
 from __future__ import annotations
@@ -90,6 +95,18 @@ def test_iam_permissions(call: Call) -> iam_policy_pb2.TestIamPermissionsRespons
     return iam_policy_pb2.TestIamPermissionsResponse(permissions=granted)
 
 
+def outage(call: Call) -> dict[str, Any]:
+    body = call.body
+    missing = [key for key in ("location", "service", "outage") if key not in body]
+    if missing:
+        raise invalid_argument(f"outage needs {', '.join(missing)}")
+    project = str(body.get("project") or call.emulator.config.project)
+    location, service = str(body["location"]), str(body["service"])
+    mode = _backend(call).set_outage(project, location, service, body["outage"])
+    name = f"projects/{project}/locations/{location}/services/{service}"
+    return {"service": name, "outage": mode}
+
+
 def routes(emulator: Emulator) -> list[Route]:
     base = "/v2/projects/{project}/locations/{location}/services"
     one = base + "/{service}"
@@ -102,4 +119,5 @@ def routes(emulator: Emulator) -> list[Route]:
         Route("GET", one + ":getIamPolicy", get_iam_policy, SERVICE),
         Route("POST", one + ":setIamPolicy", set_iam_policy, SERVICE),
         Route("POST", one + ":testIamPermissions", test_iam_permissions, SERVICE),
+        Route("POST", "/_emulator/outage", outage),
     ]
