@@ -208,7 +208,8 @@ class Ingress:
 
     def bind(self) -> int:
         """Reserve the port (the requested one when free, else any); returns it."""
-        return int(self._bound().getsockname()[1])
+        self._bound()
+        return self._requested_port  # not the socket's: a refusing ingress has closed it
 
     def _bound(self) -> socket.socket:
         if self._socket is None:

@@ -64,6 +64,7 @@ def test_an_outage_cuts_the_request_in_flight_then_503_or_refused_then_serves_ag
     ingress.set_outage("refused")
     with pytest.raises(httpx.ConnectError):
         _generate(url)
+    assert ingress.url == url  # still known (the emulator's state names it) while refusing
 
     ingress.set_outage(None)
     assert ingress.url == url
