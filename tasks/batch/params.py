@@ -26,7 +26,11 @@ class EngineSettings(BaseModel):
         "(and /v1/completions for OpenAI batch lines that name it).",
     )
     in_flight: int | None = Field(
-        None, ge=1, le=4096, description="Requests in flight; default max instances × concurrency."
+        None,
+        ge=1,
+        le=4096,
+        description="Requests in flight; default max instances × concurrency (several targets: "
+        "the sum of their slots, and a given value is shared in proportion to them).",
     )
     max_retries: int = Field(
         5, ge=0, le=50, description="Retries of a transient failure per prompt."
