@@ -4,8 +4,10 @@ reducing them so that the sum over a window equals the instances' own billable t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
+import httpx
 import pytest
 from google.cloud import monitoring_v3
 
@@ -14,6 +16,10 @@ from emulator.gcp.cloud_run.instances import Instance
 from emulator.gcp.errors import GoogleApiError
 from emulator.gcp.monitoring.aggregation import aggregate, parse_aggregation
 from emulator.gcp.monitoring.billable import billable_series, flat_labels
+from tasks import monitoring
+from tasks.clients import GoogleCloud
+from tests.gcp.conftest import PROJECT, LocalGcp
+from tests.gcp.discovery import Exchange, Judge
 
 T0 = 1_800_000_000.0  # a multiple of 60: periods start on it
 
@@ -88,3 +94,29 @@ def test_aggregation_google_refuses_is_invalid_argument(query: dict[str, str]) -
     with pytest.raises(GoogleApiError) as caught:
         parse_aggregation(query, [])
     assert caught.value.status == "INVALID_ARGUMENT"
+
+
+def test_tasks_monitoring_reads_the_billed_seconds_through_the_rest_client(
+    local_gcp: LocalGcp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tasks.monitoring's discovery-built REST client, its aggregation sent and applied, the
+    answer read as Google's message; every exchange judged by the monitoring.v3 document."""
+    now = T0 + 400
+    cloud_run = local_gcp.emulator.cloud_run
+    monkeypatch.setattr(cloud_run, "service_instances", lambda project=None: [found(now)])
+    httpx.delete(f"{local_gcp.base_url}/_emulator/requests").raise_for_status()
+    cloud = GoogleCloud(local_gcp.credentials(), PROJECT, local_gcp.base_url)
+    start, end = (dt.datetime.fromtimestamp(t, dt.UTC) for t in (T0, now))
+    seconds = monitoring.billable_instance_seconds(cloud, "us-central1", "svc", start, end)
+    # 60 s samples: instance 3's last 40 s are in the period [T0+360, T0+420), not over yet.
+    assert seconds == pytest.approx((130 - 10) + (110 - 50) + (360 - 100))
+    assert monitoring.billable_instance_seconds(cloud, "europe-west1", "svc", start, end) == 0
+
+    log = httpx.get(f"{local_gcp.base_url}/_emulator/requests").json()["requests"]
+    recorded = [
+        Exchange(e["method"], e["path"], e["query"], e["request"], e["status"], e["response"])
+        for e in log
+    ]
+    assert [e.status for e in recorded] == [200, 200]
+    assert "aggregation.perSeriesAligner" in recorded[0].query
+    assert [v for e in recorded for v in Judge().violations(e)] == []
