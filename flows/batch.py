@@ -3,8 +3,9 @@
 ``batch_inference(params)`` checks the output and takes its lease (``tasks.batch.lease``) before
 any prompt is sent, plans the input into shards of prompts still to do (ids done earlier are
 skipped), runs them in a few shard-level tasks (each writes its own result and error shard),
-reconciles (retires superseded error shards) and reports: ``manifest.json``, a summary artifact
-and the returned manifest. Exactly-once rule and layout: ``tasks.batch.outputs``. From a shell:
+reconciles (retires superseded error shards) and reports: ``manifest.json`` (with the billed
+cost of a Cloud Run service, ``tasks.batch.billing``), a summary artifact and the returned
+manifest. Exactly-once rule and layout: ``tasks.batch.outputs``. From a shell:
 ``ollama-cloudrun batch --input ... --output ...``.
 """
 
@@ -17,10 +18,11 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from tasks import cloud_run
+from tasks.batch.billing import attach_billed, await_final_billed
 from tasks.batch.dispatch import run_shards
 from tasks.batch.lease import OutputLease
 from tasks.batch.ledger import IdLedger
-from tasks.batch.manifest import RunClock, RunFacts, build_manifest
+from tasks.batch.manifest import BatchManifest, RunClock, RunFacts, build_manifest
 from tasks.batch.outputs import ShardWriter
 from tasks.batch.params import BatchParams
 from tasks.batch.plan import PlanStats, plan_shards
@@ -54,14 +56,17 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
     lease = OutputLease(store, run=clock.token, flow_run_id=flow_run.get_id(), params=params)
     await asyncio.to_thread(lease.acquire)
     try:
-        return await _run(params, store, cloud, gcs, clock)
+        manifest = await _run(params, store, cloud, gcs, clock)
     finally:
         await asyncio.to_thread(lease.release)
+    if params.prices.await_billed and cloud is not None:  # the lease is free meanwhile
+        await await_final_billed(cloud, store, manifest, SUMMARY_KEY)
+    return manifest.model_dump(mode="json")
 
 
 async def _run(
     params: BatchParams, store: ObjectStore, cloud: GoogleCloud | None, gcs: Any, clock: RunClock
-) -> dict[str, Any]:
+) -> BatchManifest:
     """Under the output's lease: plan, run the shards, reconcile, report."""
     logger = get_run_logger()
     targets, engine = await connect_targets(params, cloud)
@@ -99,6 +104,7 @@ async def _run(
     # Report (the manifest first: a run the failure policy fails has written everything).
     facts = RunFacts(params, targets, store.base_uri, clock, plan, totals, engine, retired)
     manifest = build_manifest(facts, flow_run.get_id())
+    await attach_billed(manifest, cloud, store, targets, params.prices)
     await manifest.publish(store, SUMMARY_KEY)  # manifest.json and the summary artifact
     counts = manifest.counts
     logger.info(
@@ -112,4 +118,4 @@ async def _run(
         logger.info(f"final answer set: {counts_dict(collected)}")
     if manifest.failure:  # everything is written; the run still ends Failed (failure policy)
         raise BatchFailedError(f"batch {clock.token}: {manifest.failure}; manifest {manifest.uri}")
-    return manifest.model_dump(mode="json")
+    return manifest

@@ -35,7 +35,6 @@ IMPERSONATE_ENV = "CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 IAM_ENDPOINT = "https://iam.googleapis.com"
 RESOURCE_MANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
-MONITORING_ENDPOINT = "https://monitoring.googleapis.com"
 
 
 @dataclass(frozen=True)
@@ -179,11 +178,23 @@ def cloud_quotas_client(cloud: GoogleCloud) -> cloudquotas_v1.CloudQuotasClient:
     return cloudquotas_v1.CloudQuotasClient(**_gapic_kwargs(cloud))
 
 
+def monitoring_resource(cloud: GoogleCloud) -> Any:
+    """Cloud Monitoring v3 over REST: google-api-python-client built from the discovery document
+    it ships (google-cloud-monitoring has gRPC transports only, which the emulator does not
+    serve; its message types still read the answers: ``tasks.monitoring``)."""
+    from googleapiclient.discovery import build  # loaded only when Monitoring is read
+
+    options = ClientOptions(api_endpoint=cloud.api_endpoint) if cloud.api_endpoint else None
+    return build(
+        "monitoring",
+        "v3",
+        credentials=cloud.credentials,
+        client_options=options,
+        static_discovery=True,
+        cache_discovery=False,
+    )
+
+
 def resource_manager_session(cloud: GoogleCloud) -> tuple[AuthorizedSession, str]:
     """testIamPermissions is one call: an authorized session rather than another client library."""
     return AuthorizedSession(cloud.credentials), cloud.api_endpoint or RESOURCE_MANAGER_ENDPOINT
-
-
-def monitoring_session(cloud: GoogleCloud) -> tuple[AuthorizedSession, str]:
-    """One read of Cloud Monitoring (google-cloud-monitoring is not a dependency): REST."""
-    return AuthorizedSession(cloud.credentials), cloud.api_endpoint or MONITORING_ENDPOINT

@@ -62,6 +62,19 @@ class EmulatorConfig(BaseModel):
     operation_polls: Annotated[
         int, Setting("polls before an operation can be done", runtime=True)
     ] = Field(default=0, ge=0)
+    # Cloud Run's instances (emulator/gcp/cloud_run/instances.py): Google says an L4 instance
+    # starts in ~5 s (docs/configuring/services/gpu); 0 keeps the emulator quick unless asked.
+    cloud_run_cold_start_seconds: Annotated[
+        float, Setting("start-up time of a new Cloud Run instance", runtime=True)
+    ] = Field(default=0.0, ge=0)
+    cloud_run_idle_tail_seconds: Annotated[
+        float,
+        Setting("how long an idle Cloud Run instance stays up, billed", runtime=True),
+    ] = Field(default=900.0, ge=0)
+    # Cloud Monitoring samples Cloud Run's metrics every 60 s (the metric list); shorter in tests.
+    monitoring_sample_seconds: Annotated[
+        float, Setting("sampling period of the Cloud Run metrics", runtime=True)
+    ] = Field(default=60.0, gt=0)
     storage_url: Annotated[str | None, Setting("fake-gcs-server's URL", flag=None)] = None
 
     model_config = {"extra": "forbid", "validate_assignment": True}

@@ -8,7 +8,8 @@ token whose email is not among the members its policy grants run.routes.invoke (
 and the roles that include it: `emulator.gcp.iam.policy`; or allAuthenticatedUsers) → 403; at
 most `max_instances × concurrency` requests in flight, streamed responses counted until their
 last byte → 429 with Cloud Run's text. Accepted requests are
-forwarded, streaming, to the service's current Ollama-compatible backend (503 while none is ready).
+forwarded, streaming, to the service's current Ollama-compatible backend (503 while none is ready),
+each on one of the instances `cloud_run.instances` accounts for (waiting out a cold start).
 
 One uvicorn server per service, on its own thread and port; `stop()` closes it.
 
@@ -28,12 +29,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import uvicorn
 
 from emulator.gcp.auth.user_credentials import CLOUD_RUN_USER_AUDIENCES
+
+if TYPE_CHECKING:
+    from emulator.gcp.cloud_run.instances import InstancePool
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -74,6 +78,9 @@ class IngressRules:
     invoker_iam_disabled: bool = False
     max_in_flight: int = 1
     timeout_seconds: float = 300.0
+    revision: str = ""  # the serving revision, whose instances take the requests
+    concurrency: int = 1  # per instance
+    instance_based_billing: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,9 +193,11 @@ class Ingress:
         rules: IngressRules,
         port: int = 0,
         clock: Callable[[], float] = time.time,
+        instances: InstancePool | None = None,
     ) -> None:
         self.verify = verify
         self.rules = rules
+        self.instances = instances  # per-instance accounting (cloud_run.instances)
         self.backend_url: str | None = None
         self.in_flight = 0
         self.served = 0
@@ -327,9 +336,18 @@ class Ingress:
             return
         self.in_flight += 1
         status = 503
+        pool, instance = self.instances, None
         try:
+            if pool is not None:
+                instance, cold_start = pool.acquire(
+                    rules.revision, rules.concurrency, rules.instance_based_billing
+                )
+                if cold_start > 0:  # a new instance: the request waits for it to start
+                    await asyncio.sleep(cold_start)
             status = await self._forward(scope, receive, send, headers, str(backend), rules)
         finally:
+            if pool is not None and instance is not None:
+                pool.release(instance)
             self.in_flight -= 1
             self.served += 1
             self.answered.append((self._clock(), status))

@@ -18,7 +18,7 @@ from typing import Any
 from prefect.artifacts import acreate_table_artifact
 from pydantic import BaseModel
 
-from tasks.batch.cost import CostEstimate, estimate_cost
+from tasks.batch.cost import BilledCost, CostEstimate, estimate_cost, with_per_unit
 from tasks.batch.dispatch import RunTotals
 from tasks.batch.engine import RequestEngine
 from tasks.batch.limiter import LatencyHistogram
@@ -145,6 +145,10 @@ class BatchManifest(BaseModel):
     async def publish(self, store: ObjectStore, artifact_key: str) -> None:
         """Write ``manifest.json`` and the summary table artifact."""
         await asyncio.to_thread(self.write, store)
+        await self.publish_summary(artifact_key)
+
+    async def publish_summary(self, artifact_key: str) -> None:
+        """The summary table artifact (a new version of ``artifact_key``)."""
         await acreate_table_artifact(
             key=artifact_key,
             table=self.summary_rows(),
@@ -175,6 +179,13 @@ class BatchManifest(BaseModel):
             ("failure policy", self.failure or "passed"),
             ("instance-seconds", self.cost.instance_seconds),
             ("estimated GPU cost (USD)", self.cost.usd),
+            ("estimated USD per 1,000 prompts", fmt(self.cost.usd_per_1k_prompts)),
+            ("estimated USD per 1M output tokens", fmt(self.cost.usd_per_1m_output_tokens)),
+            *billed_rows(self.cost.billed, several=len(self.cost.billed) > 1),
+            *[
+                (f"billed cost of run {b.run} (now {b.status}, USD)", b.usd)
+                for b in self.cost.earlier_runs_billed
+            ],
             ("cost assumption", self.cost.assumption),
             ("model", self.model),
             ("service", self.service.name or self.service.uri),
@@ -192,6 +203,30 @@ def _target_line(t: TargetReport) -> str:
         f"{t.retried}), p50 {p50}, p95 {p95}, circuit opened {t.circuit_opens}x "
         f"({t.circuit} at the end), ${t.usd}"
     )
+
+
+def billed_rows(billed: list[BilledCost], several: bool = False) -> list[tuple[str, Any]]:
+    """The billed figures' summary rows (one set per Cloud Run target), status first: final, or
+    provisional and when it will be final."""
+    if not billed:
+        return [("billed cost", "n/a (no Cloud Run service)")]
+
+    def usd(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.6f}"
+
+    rows: list[tuple[str, Any]] = []
+    for b in billed:
+        of = f" of {b.region}/{b.service}" if several else ""
+        status = b.status + (f" (final after {b.final_after})" if b.status == "provisional" else "")
+        rows += [
+            (f"billed cost status{of}", status),
+            (f"billed instance-seconds{of} (Cloud Monitoring)", b.instance_seconds),
+            (f"billed cost{of} (USD)", usd(b.usd)),
+            (f"billed USD per 1,000 prompts{of}", usd(b.usd_per_1k_prompts)),
+            (f"billed USD per 1M output tokens{of}", usd(b.usd_per_1m_output_tokens)),
+            (f"billed window{of}", f"{b.window_start} → {b.window_end} (run + idle tail)"),
+        ]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -278,7 +313,7 @@ def build_manifest(facts: RunFacts, flow_run_id: str | None) -> BatchManifest:
             eval=stats.eval_tokens,
             eval_per_s=round(stats.eval_tokens / duration, 2) if duration else None,
         ),
-        cost=_total_cost(facts),
+        cost=with_per_unit(_total_cost(facts), totals.succeeded + totals.failed, stats.eval_tokens),
         shards=Shards(written=sorted(totals.written), retired_error_shards=facts.retired),
         targets=target_reports(facts),
         flow_run_id=flow_run_id,

@@ -42,6 +42,10 @@ def gcp_env(
             "gpu_quota",
             "token_lifetime_seconds",
             "operation_polls",
+            "cloud_run_cold_start_seconds",
+            "cloud_run_idle_tail_seconds",
+            "monitoring_sample_seconds",
+            "sim_env",
         )
     }
     httpx.post(f"{base}/_emulator/config", json=runtime, timeout=30).raise_for_status()

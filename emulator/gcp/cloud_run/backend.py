@@ -18,6 +18,7 @@ from google.iam.v1 import policy_pb2
 from google.protobuf import json_format
 
 from emulator.gcp.cloud_quotas import CloudQuotasBackend
+from emulator.gcp.cloud_run.instances import Instance, InstancePool, Timing
 from emulator.gcp.cloud_run.revisions import Revisions, ServiceRecord
 from emulator.gcp.cloud_run.serving import Launcher, launch_ollama
 from emulator.gcp.cloud_run.spec import (
@@ -62,6 +63,18 @@ class AnsweredRequests:
     requests: Sequence[tuple[float, int]]
 
 
+@dataclass(frozen=True)
+class ServiceInstances:
+    """One service's instances at `now` (emulator clock): the data of Cloud Monitoring's
+    run.googleapis.com/container/billable_instance_time (emulator/gcp/monitoring)."""
+
+    project: str
+    location: str
+    service: str
+    now: float
+    instances: list[Instance]
+
+
 class CloudRunBackend:
     """Services by (project, location, id). Knows nothing of HTTP."""
 
@@ -69,6 +82,7 @@ class CloudRunBackend:
         self._emulator = emulator
         self._revisions = Revisions(emulator, launcher or launch_ollama)
         self._services: dict[ServiceKey, ServiceRecord] = {}
+        self._deleted: list[tuple[ServiceKey, ServiceRecord]] = []  # their billed time stays
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -128,14 +142,29 @@ class CloudRunBackend:
             raise invalid_argument(total_cpu_quota_message(fit, violated))
 
     def _new_ingress(self, port: int = 0) -> Ingress:
+        pool = InstancePool(self._emulator.clock, self._timing)
+        verify = self._emulator.signer.verify_id_token
         ingress = Ingress(
-            self._emulator.signer.verify_id_token,
-            IngressRules(),
-            port=port,
-            clock=self._emulator.clock,
+            verify, IngressRules(), port=port, clock=self._emulator.clock, instances=pool
         )
         ingress.bind()
         return ingress
+
+    def _timing(self) -> Timing:
+        config = self._emulator.config  # runtime settings: read at each use
+        return Timing(config.cloud_run_cold_start_seconds, config.cloud_run_idle_tail_seconds)
+
+    def service_instances(self, project: str | None = None) -> list[ServiceInstances]:
+        """Every service's instances (of one project, or all; deleted services' too), idle ones
+        scaled in."""
+        found = []
+        for (p, location, service_id), record in [*self._deleted, *self._services.items()]:
+            pool = record.ingress.instances if record.ingress is not None else None
+            if pool is None or (project is not None and p != self._project(project)):
+                continue
+            now, instances = pool.snapshot()
+            found.append(ServiceInstances(p, location, service_id, now, instances))
+        return found
 
     # -- API -----------------------------------------------------------------------------------
 
@@ -226,6 +255,7 @@ class CloudRunBackend:
     def delete_service(self, project: str, location: str, service_id: str) -> dict[str, Any]:
         record = self._record(project, location, service_id)
         del self._services[self._key(project, location, service_id)]
+        self._deleted.append((self._key(project, location, service_id), record))
         record.deleted = True
         now = self._emulator.clock()
         record.service.delete_time = utc(now)

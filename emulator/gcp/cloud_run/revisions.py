@@ -30,6 +30,7 @@ from emulator.gcp.cloud_run.spec import (
     State,
     concurrency,
     etag,
+    instance_based_billing,
     max_instances,
     output_spec,
     revision_name,
@@ -221,6 +222,9 @@ class Revisions:
             invoker_iam_disabled=s.invoker_iam_disabled,
             max_in_flight=max_instances(s) * concurrency(s.template),
             timeout_seconds=timeout,
+            revision=s.latest_ready_revision,
+            concurrency=concurrency(s.template),
+            instance_based_billing=instance_based_billing(s.template),
         )
 
     def spawn(self, target: Callable[..., None], *args: Any) -> None:
@@ -233,6 +237,8 @@ class Revisions:
         try:
             if record.ingress is not None:
                 record.ingress.stop()
+                if record.ingress.instances is not None:
+                    record.ingress.instances.stop_all()
             if record.backend is not None:
                 record.backend.stop()
         finally:

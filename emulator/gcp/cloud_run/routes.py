@@ -1,6 +1,7 @@
 """Cloud Run Admin API v2 routes, under `/v2/projects/{project}/locations/{location}/services`:
 create, list, get, patch, delete, and the service's getIamPolicy / setIamPolicy /
-testIamPermissions.
+testIamPermissions; and the emulator's own `GET /_emulator/cloud_run/instances` (per-instance
+accounting: `instances`).
 
 Control (a prefix Google never uses), per service:
   POST /_emulator/outage {"project"?, "location", "service", "outage": "unavailable" | "refused" |
@@ -16,6 +17,7 @@ from google.cloud import run_v2
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 
 from emulator.gcp.cloud_run.backend import CloudRunBackend
+from emulator.gcp.cloud_run.instances import usage
 from emulator.gcp.cloud_run.spec import SERVICE
 from emulator.gcp.errors import invalid_argument
 from emulator.gcp.protojson import parse_pb
@@ -107,6 +109,24 @@ def outage(call: Call) -> dict[str, Any]:
     return {"service": name, "outage": mode}
 
 
+def instances(call: Call) -> dict[str, Any]:
+    """The emulator's own accounting of Cloud Run instances (not a Google API)."""
+    services = []
+    for found in _backend(call).service_instances():
+        rows = [usage(found.now, i) for i in found.instances]
+        services.append(
+            {
+                "project": found.project,
+                "location": found.location,
+                "service": found.service,
+                "now": found.now,
+                "instances": rows,
+                "billable_seconds": round(sum(r["billable_seconds"] for r in rows), 6),
+            }
+        )
+    return {"services": services}
+
+
 def routes(emulator: Emulator) -> list[Route]:
     base = "/v2/projects/{project}/locations/{location}/services"
     one = base + "/{service}"
@@ -120,4 +140,5 @@ def routes(emulator: Emulator) -> list[Route]:
         Route("POST", one + ":setIamPolicy", set_iam_policy, SERVICE),
         Route("POST", one + ":testIamPermissions", test_iam_permissions, SERVICE),
         Route("POST", "/_emulator/outage", outage),
+        Route("GET", "/_emulator/cloud_run/instances", instances),
     ]

@@ -113,6 +113,16 @@ def concurrency(template: run_v2.RevisionTemplate) -> int:
     return template.max_instance_request_concurrency or DEFAULT_CONCURRENCY
 
 
+def instance_based_billing(template: run_v2.RevisionTemplate) -> bool:
+    """CPU always allocated (`cpu_idle` false once resources are set; the run_v2 field's doc:
+    "if ResourceRequirements is set, the caller must explicitly set this field to true to
+    preserve the default behavior") bills the instance's whole life; else request-based."""
+    if not template.containers or "resources" not in template.containers[0]:
+        return False
+    throttling = template.annotations.get("run.googleapis.com/cpu-throttling", "").lower()
+    return not template.containers[0].resources.cpu_idle and throttling != "true"
+
+
 def validate_service(service: run_v2.Service, location: str) -> None:
     """Google's admission checks on a Service spec (INVALID_ARGUMENT)."""
     t = service.template

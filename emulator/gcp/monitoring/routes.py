@@ -2,7 +2,8 @@
 
   GET /v3/projects/{project}/timeSeries?filter=...&interval.startTime=...&interval.endTime=...
 
-Raw series only: an `aggregation.*` parameter is refused rather than ignored, so a caller never
+`aggregation.*` (alignmentPeriod, perSeriesAligner, crossSeriesReducer, groupByFields) is applied
+as `aggregation` says; what it does not implement is refused, never ignored, so a caller never
 mistakes raw points for aligned ones.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from emulator.gcp.errors import invalid_argument
+from emulator.gcp.monitoring.aggregation import aggregate, parse_aggregation
 from emulator.gcp.monitoring.backend import MonitoringBackend
 from emulator.gcp.monitoring.spec import parse_filter, parse_time
 from emulator.gcp.routing import Call, Route
@@ -26,10 +28,10 @@ def list_time_series(call: Call) -> dict[str, Any]:
         raise invalid_argument("Field interval.endTime had an invalid value: must be set.")
     end = parse_time(query["interval.endTime"], "interval.end_time")
     start = parse_time(query.get("interval.startTime", query["interval.endTime"]), "start_time")
-    if any(k.startswith(("aggregation.", "secondaryAggregation.")) for k in query):
-        raise invalid_argument("emulator.gcp serves raw time series only (no aggregation).")
+    aggregation = parse_aggregation(query, query.getlist("aggregation.groupByFields"))
     backend = call.emulator.get(MonitoringBackend)
-    found = backend.list_time_series(call.param("project"), clauses, start, end)
+    raw = backend.list_time_series(call.param("project"), clauses, start, end)
+    found = aggregate(raw, aggregation, start, end)
     return {"timeSeries": found} if found else {}
 
 
