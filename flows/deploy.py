@@ -105,7 +105,7 @@ def _find_or_build_image(
     )
     if image is not None:
         return image, None
-    staged = storage.upload_source(cloud, params.context, labels)
+    staged = storage.upload_source(cloud, params.context, labels, params.region)
     built = cloud_build.build_image(
         cloud,
         staged,

@@ -106,8 +106,15 @@ def make_tarball(source_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-def ensure_bucket(cloud: GoogleCloud, client: Client, name: str, labels: dict[str, str]) -> Bucket:
-    """The bucket ``name``, created (with ``labels``) when it does not exist."""
+def ensure_bucket(
+    cloud: GoogleCloud, client: Client, name: str, labels: dict[str, str], location: str
+) -> Bucket:
+    """The bucket ``name``, created in ``location`` (with ``labels``) when it does not exist.
+
+    An existing bucket is used wherever it is: Cloud Build uses ``<project>_cloudbuild`` if it
+    exists, and creating it in the build's region first is the way to keep the source there
+    (terraform-google-modules/terraform-example-foundation#666; gcloud itself creates it in US).
+    """
     with google_errors(f"create the staging bucket gs://{name}"):
         bucket = client.lookup_bucket(name, retry=transient_retry(cloud))
         if bucket is not None:
@@ -115,17 +122,20 @@ def ensure_bucket(cloud: GoogleCloud, client: Client, name: str, labels: dict[st
         try:
             bucket = client.bucket(name)
             bucket.labels = labels
-            return client.create_bucket(bucket, location="US", retry=transient_retry(cloud))
+            return client.create_bucket(bucket, location=location, retry=transient_retry(cloud))
         except gexc.Conflict:
             return client.get_bucket(name, retry=transient_retry(cloud))
 
 
 @task(name="upload-source", cache_policy=NO_CACHE)
-def upload_source(cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]) -> StagedSource:
-    """Tar ``source_dir`` and upload it as a new object (never overwriting one)."""
+def upload_source(
+    cloud: GoogleCloud, source_dir: Path, labels: dict[str, str], region: str
+) -> StagedSource:
+    """Tar ``source_dir`` and upload it as a new object (never overwriting one); the staging
+    bucket is created in ``region`` (the deploy's) when it does not exist yet."""
     client = clients.storage_client(cloud)
     name = staging_bucket_name(cloud.project)
-    bucket = ensure_bucket(cloud, client, name, labels)
+    bucket = ensure_bucket(cloud, client, name, labels, region)
     blob = bucket.blob(f"{SOURCE_PREFIX}{time.time():.6f}-{uuid.uuid4().hex}.tgz")
     blob.metadata = dict(labels)
     with google_errors(f"upload the build context to gs://{name}"):
@@ -134,7 +144,9 @@ def upload_source(cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]) 
         )
     assert blob.generation is not None
     staged = StagedSource(name, blob.name or "", int(blob.generation))
-    get_run_logger().info("Uploaded the build context to %s", staged.gs_uri)
+    get_run_logger().info(
+        "Uploaded the build context to %s (bucket location %s)", staged.gs_uri, bucket.location
+    )
     return staged
 
 

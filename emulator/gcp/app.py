@@ -34,6 +34,7 @@ from emulator.gcp import (
     monitoring,
     resource_manager,
     service_usage,
+    storage_front,
 )
 from emulator.gcp.auth.identity import authenticate
 from emulator.gcp.config import RUNTIME_CONFIG_FIELDS, EmulatorConfig
@@ -61,6 +62,7 @@ def backend_factories() -> dict[str, BackendFactory]:
         "resource_manager": resource_manager.ResourceManagerBackend,
         "service_account_policies": iam_credentials.ServiceAccountPolicies,
         "monitoring": monitoring.MonitoringBackend,
+        "storage_front": storage_front.StorageFront,
     }
     return factories
 
@@ -221,8 +223,14 @@ def create_app(emulator: Emulator, routes: list[Route] | None = None) -> Starlet
             emulator.close()
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    # Cloud Storage: fake-gcs-server behind the front (emulator/gcp/storage_front.py).
+    storage = storage_front.StorageProxy(emulator)
+    storage_routes = [
+        StarletteRoute(prefix + "{path:path}", storage.handle, methods=methods)
+        for prefix in storage_front.PREFIXES
+    ]
     app = Starlette(
-        routes=[StarletteRoute("/{path:path}", dispatch, methods=methods)],
+        routes=[*storage_routes, StarletteRoute("/{path:path}", dispatch, methods=methods)],
         middleware=[Middleware(RequestLog)],
         lifespan=lifespan,
     )
