@@ -77,7 +77,8 @@ class BatchSettings(BaseModel):
     input: str = Field(
         min_length=1,
         description="Prompts: gs://bucket/path or a local path; one file, a prefix/directory or a "
-        "glob (*.jsonl). JSONL (prompt or messages; optional id, system, options, format), "
+        "glob as Cloud Storage matches it (*.jsonl stays in one directory, **.jsonl goes "
+        "into subdirectories). JSONL (prompt or messages; optional id, system, options, format), "
         "OpenAI batch lines (custom_id, method, url, body) or .txt (one prompt a line).",
     )
     output: str = Field(
