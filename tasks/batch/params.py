@@ -44,7 +44,8 @@ class EngineSettings(BaseModel):
         900.0,
         gt=0,
         le=3600,
-        description="Per attempt (and read) timeout; Cloud Run allows ≤ 3600 s.",
+        description="Per attempt (and read) timeout; never more than a Cloud Run target's own "
+        "request timeout (cut to it, with a log line).",
     )
     backoff_initial_seconds: float = Field(
         0.5, ge=0, le=60, description="First retry back-off (jittered)."
