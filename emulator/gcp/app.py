@@ -33,6 +33,7 @@ from emulator.gcp import (
     iam_credentials,
     monitoring,
     resource_manager,
+    resource_policies,
     service_usage,
     storage_front,
 )
@@ -63,6 +64,7 @@ def backend_factories() -> dict[str, BackendFactory]:
         "service_account_policies": iam_credentials.ServiceAccountPolicies,
         "monitoring": monitoring.MonitoringBackend,
         "storage_front": storage_front.StorageFront,
+        "resource_policies": resource_policies.ResourcePolicies,
     }
     return factories
 
@@ -82,6 +84,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         *cloud_quotas.routes(emulator),
         *resource_manager.routes(emulator),
         *monitoring.routes(emulator),
+        *resource_policies.routes(emulator),
     ]
     # A route with a custom verb (`:enable`) wins over a variable that would swallow it.
     return sorted(table, key=lambda r: r.verb is None)
