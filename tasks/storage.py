@@ -14,9 +14,11 @@ import io
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud.storage import Blob, Bucket, Client
@@ -27,6 +29,7 @@ from tasks import clients
 from tasks.clients import GoogleCloud
 from tasks.deletions import Deletion, delete_resource, list_or_empty
 from tasks.errors import ConfigurationError, google_errors
+from tasks.iam import add_binding, remove_member
 from tasks.retries import transient_retry
 
 SOURCE_PREFIX = "source/"
@@ -179,3 +182,25 @@ def delete_staging_objects(
         )
         for blob in list_or_empty(partial(list_staging_objects, cloud, labels, older_than))
     ]
+
+
+def edit_bucket_policy(
+    cloud: GoogleCloud, bucket_name: str, edit: Callable[[list[dict[str, Any]]], bool]
+) -> bool:
+    """Read-modify-write of a bucket's IAM policy; True if it changed."""
+    bucket = clients.storage_client(cloud).bucket(bucket_name)
+    with google_errors(f"change the IAM policy of gs://{bucket_name}"):
+        policy = bucket.get_iam_policy(requested_policy_version=3, retry=transient_retry(cloud))
+        if not edit(policy.bindings):
+            return False
+        bucket.set_iam_policy(policy, retry=transient_retry(cloud))
+    return True
+
+
+def grant_bucket_role(cloud: GoogleCloud, bucket_name: str, role: str, member: str) -> bool:
+    """``role`` for ``member`` on the bucket only (not the project); True if granted now."""
+    return edit_bucket_policy(cloud, bucket_name, partial(add_binding, role=role, member=member))
+
+
+def revoke_bucket_members(cloud: GoogleCloud, bucket_name: str, members: set[str]) -> bool:
+    return edit_bucket_policy(cloud, bucket_name, partial(remove_member, members=members))

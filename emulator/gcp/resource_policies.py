@@ -52,6 +52,16 @@ class ResourcePolicies:
     def project_resource(self, project: str) -> str:
         return f"projects/{self.emulator.get(ServiceUsageBackend).resolve_project(project)}"
 
+    def repository_resource(self, project: str, location: str, repository: str) -> str:
+        """A repository's policy key: its name and creation time, so a deleted repository's
+        policy goes with it (a recreated one starts empty, as on Google). 404 when absent."""
+        repo = self.emulator.get(ArtifactRegistryBackend).get_repository(
+            project, location, repository
+        )
+        created = repo.create_time.isoformat() if repo.create_time else ""
+        name = f"{self.project_resource(project)}/locations/{location}/repositories/{repository}"
+        return f"{name}@{created}"
+
     def get(self, resource: str) -> policy_pb2.Policy:
         policy = self._policies.get(resource)
         if policy is not None:
@@ -70,10 +80,6 @@ class ResourcePolicies:
 
     def holds(self, resource: str, email: str, permission: str) -> bool:
         return bool(identity_members(email) & members_with(self.get(resource), permission))
-
-    def forget(self, resource: str) -> None:
-        """A deleted resource's policy goes with it (a recreated one starts empty)."""
-        self._policies.pop(resource, None)
 
     def snapshot(self) -> dict[str, Any]:
         return {r: json_format.MessageToDict(p) for r, p in self._policies.items()}
@@ -105,8 +111,7 @@ def routes(emulator: Emulator) -> list[Route]:
 
     def repository(call: Call) -> str:
         p, loc, repo = call.param("project"), call.param("location"), call.param("repository")
-        emulator.get(ArtifactRegistryBackend).get_repository(p, loc, repo)  # 404 when absent
-        return f"{policies().project_resource(p)}/locations/{loc}/repositories/{repo}"
+        return policies().repository_resource(p, loc, repo)
 
     def get_project_policy(call: Call) -> policy_pb2.Policy:
         return policies().get(project(call))

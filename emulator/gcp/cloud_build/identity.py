@@ -102,7 +102,13 @@ def runtime_denial(emulator: Emulator, build: Build, plan: BuildPlan) -> tuple[s
     for push in plan.pushes:
         owner = policies.project_resource(push.project)
         repository = f"{owner}/locations/{push.location}/repositories/{push.repository}"
-        if not may(PUSH, repository):
+        try:
+            key: str | None = policies.repository_resource(
+                push.project, push.location, push.repository
+            )
+        except GoogleApiError:
+            key = None  # no such repository: the push fails on that (backend._push)
+        if key is not None and not may(PUSH, key):
             return (
                 f'denied: Permission "{PUSH}" denied on resource "{repository}" (or it may not '
                 "exist)",
