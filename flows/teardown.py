@@ -121,6 +121,8 @@ def sweep(cloud: GoogleCloud, params: TeardownParameters) -> list[Deletion]:
     remaining = [s for s in cloud_run.list_all_services(cloud) if s.name not in swept]
     images = {c.image for s in remaining for c in s.template.containers}
     accounts = {s.template.service_account for s in remaining}
+    if any(is_managed(s.labels) for s in remaining):  # they may be redeployed: builds need it
+        accounts.update(_accounts(cloud, params)[1:])
     older_than = dt.datetime.fromtimestamp(at, dt.UTC) - dt.timedelta(hours=params.idle_hours)
     return [
         *services,
