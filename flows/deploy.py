@@ -1,8 +1,10 @@
 """Flow ``deploy``: Google's "Ollama on Cloud Run GPUs" tutorial as one idempotent run.
 
-enable APIs → repository → image (content-hash tag; the build is skipped when the tag exists) →
-service account (no roles) → Cloud Run service (create, update, or nothing when unchanged) →
-``roles/run.invoker`` for the caller only → wait until ready → smoke test.
+enable APIs → preflight → repository → image (content-hash tag; the build is skipped when the
+tag exists; built as the build service account, which deploy creates and grants only what a
+build needs unless an email names the user's own) → runtime service account (no roles) →
+Cloud Run service (create, update, or nothing when unchanged) → ``roles/run.invoker`` for the
+caller only → wait until ready → smoke test.
 The service steps run in a Prefect transaction: when a later step fails after a change (the smoke
 test, readiness), the ``deploy-service`` rollback hook restores the previous spec (or deletes the
 service it created) and the run fails.
@@ -105,7 +107,10 @@ def _find_or_build_image(
     )
     if image is not None:
         return image, None
-    staged = storage.upload_source(cloud, params.context, labels)
+    staged = storage.upload_source(cloud, params.context, labels, params.region)
+    builder = cloud_build.ensure_build_service_account(
+        cloud, params.build_service_account, params.region, params.repository, staged.bucket
+    )
     built = cloud_build.build_image(
         cloud,
         staged,
@@ -116,6 +121,7 @@ def _find_or_build_image(
         params.build_timeout_seconds,
         params.build_machine_type,
         managed_labels(params.service, owner_name()),
+        service_account=builder,
     )
     return artifact_registry.ImageRef(built.image, built.digest), built
 
@@ -166,7 +172,9 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
 
     cloud = cloud.with_enabled(service_usage.enable_apis(cloud))  # first: the preflight needs them
     # Fails in seconds, before any build, naming region, ID token, permission or quota problems.
-    checked = preflight.preflight(cloud, params.spec, params.run_smoke_test)
+    checked = preflight.preflight(
+        cloud, params.spec, params.run_smoke_test, params.manages_build_account
+    )
     service_name = cloud_run.service_name(cloud.project, params.region, params.service)
     existing = cloud_run.get_service(cloud, service_name)
     if existing is not None and not is_managed(existing.labels) and not params.adopt:

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tasks.batch.params import BatchParams, BatchSettings
 from tasks.models import (
     ACCOUNT_ID_PATTERN,
+    BUILD_ACCOUNT_HELP,
+    BUILD_ACCOUNT_PATTERN,
     IMAGE_NAME_PATTERN,
     REGION_PATTERN,
     REPOSITORY_PATTERN,
@@ -46,6 +48,9 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
         pattern=ACCOUNT_ID_PATTERN,
         description="runtime service account id (no roles)",
     )
+    build_service_account: str = Field(
+        default="ollama-build", pattern=BUILD_ACCOUNT_PATTERN, description=BUILD_ACCOUNT_HELP
+    )
     invoker: str | None = Field(
         default=None,
         pattern=r"^(user|serviceAccount|group):[^@\s]+@[^@\s]+$",
@@ -74,6 +79,11 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
         description="take over a same-named service or repository this project did not create "
         "(not labelled managed-by=ollama-cloudrun); refused otherwise",
     )
+
+    @property
+    def manages_build_account(self) -> bool:
+        """Whether deploy creates the build's account and grants its roles (an id, not an email)."""
+        return "@" not in self.build_service_account
 
     @property
     def spec(self) -> ServiceSpec:
@@ -124,6 +134,12 @@ class TeardownParameters(GoogleCloudTarget):
     )
     service_account_id: str = Field(
         default="ollama", pattern=ACCOUNT_ID_PATTERN, description="runtime service account id"
+    )
+    build_service_account: str = Field(
+        default="ollama-build",
+        pattern=BUILD_ACCOUNT_PATTERN,
+        description="Cloud Build's service account: an id is deleted (deploy made it), an email "
+        "is left alone",
     )
     sweep: bool = Field(
         default=False,
@@ -196,6 +212,7 @@ class PipelineParameters(DeployParameters, BatchSettings):
                 "region": self.region,
                 "repository": self.repository,
                 "service_account_id": self.service_account_id,
+                "build_service_account": self.build_service_account,
             }
         )
 

@@ -1,12 +1,13 @@
 """Flow ``plan``: what ``deploy`` would change, per resource, without changing anything.
 
-For the APIs, the repository, the image, the service account, the Cloud Run service and its IAM
-binding: ``create``, ``update`` (for the service, field by field: the live spec against the
-declared one, compared as ``cloud_run.service_fingerprint`` compares them), ``no change`` or
-``blocked`` (with why: a region without L4 GPUs, a quota too small, a resource this project did
-not create, Cloud Run rejecting the request). The service request itself is sent to Cloud Run
-with ``validate_only`` ("Indicates that the request should be validated and default values
-populated, without persisting the request or creating any resources", Cloud Run Admin v2
+For the APIs, the repository, the image (and, when it would be built, the build's service
+account), the runtime service account, the Cloud Run service and its IAM binding: ``create``,
+``update`` (for the service, field by field: the live spec against the declared one, compared as
+``cloud_run.service_fingerprint`` compares them), ``no change`` or ``blocked`` (with why: a
+region without L4 GPUs, a quota too small, a resource this project did not create, Cloud Run
+rejecting the request). The service request itself is sent to Cloud Run with ``validate_only``
+("Indicates that the request should be validated and default values populated, without
+persisting the request or creating any resources", Cloud Run Admin v2
 ``projects.locations.services.create`` / ``patch``,
 https://cloud.google.com/run/docs/reference/rest/v2/projects.locations.services/create).
 Every other call is a read: the emulator's request log shows only GETs and those two.
@@ -203,6 +204,8 @@ def plan_changes(cloud: GoogleCloud, params: DeployParameters) -> list[Change]:
         )
     )
 
+    if image is None:
+        changes.append(build_account_change(cloud, params))
     email = iam.service_account_email(cloud.project, params.service_account_id)
     account, _ = _read(lambda: iam.get_service_account(cloud, email))
     changes.append(Change("service account", email, "no change" if account else "create"))
@@ -222,6 +225,17 @@ def plan_changes(cloud: GoogleCloud, params: DeployParameters) -> list[Change]:
     )
     changes.append(invoker_change(cloud, service.name, member, exists))
     return changes
+
+
+def build_account_change(cloud: GoogleCloud, params: DeployParameters) -> Change:
+    """The account the build would run as: deploy's own (created, granted only what a build
+    needs) or the one named by email (used as it is)."""
+    if not params.manages_build_account:
+        return Change("build account", params.build_service_account, "no change", "yours, as is")
+    email = iam.service_account_email(cloud.project, params.build_service_account)
+    account, _ = _read(lambda: iam.get_service_account(cloud, email))
+    grants = "objectViewer on the staging bucket, writer on the repository, logWriter"
+    return Change("build account", email, "no change" if account else "create", grants)
 
 
 def _exists(cloud: GoogleCloud, name: str) -> bool:

@@ -1,15 +1,16 @@
 """Flow ``teardown``: delete what ``deploy`` made; NotFound is success, so it can always run again.
 
 Normal mode deletes one deployment: the service, the repository with its images, the staging
-objects and the service account — in that order, each step independent, so a partial deploy is
-cleaned up too. Each must carry ``managed-by=ollama-cloudrun`` (or the service account its
-marker), else nothing is deleted unless ``force``.
+objects, the runtime service account and the build's (when deploy made it: an id, not an email;
+with its grants on the project and the staging bucket) — in that order, each step independent,
+so a partial deploy is cleaned up too. Each must carry ``managed-by=ollama-cloudrun`` (or the
+service accounts their marker), else nothing is deleted unless ``force``.
 
 Sweep mode deletes what is idle, not what is old (tasks/idle.py): a managed service unused for
 ``idle_hours`` (no deploy, smoke test or batch recorded in its ``last-used`` label, no request
 in Cloud Monitoring) or past its ``expires-at``; never one labelled ``keep=true`` or named by a
 deployment in prefect.yaml. Then the repositories and service accounts no remaining service
-uses, and old staging objects.
+uses (with their project grants), and old staging objects.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.parameters import TeardownParameters
-from tasks import artifact_registry, cloud_run, iam, idle, storage
+from tasks import artifact_registry, cloud_build, cloud_run, iam, idle, storage
 from tasks.clients import GoogleCloud, resolve_cloud
 from tasks.deletions import Deletion, Outcome
 from tasks.errors import AccessDeniedError, UnmanagedResourceError
@@ -72,11 +73,20 @@ def unmanaged_resources(cloud: GoogleCloud, params: TeardownParameters) -> list[
     repo = _read(get_repo)
     if repo is not None and not is_managed(repo.labels):
         refused.append(unmanaged_message("Artifact Registry repository", repo.name, deleting=True))
-    email = iam.service_account_email(cloud.project, params.service_account_id)
-    account = _read(partial(iam.get_service_account, cloud, email))
-    if account is not None and not iam.is_managed_account(account):
-        refused.append(unmanaged_message("service account", email, deleting=True))
+    for email in _accounts(cloud, params):
+        account = _read(partial(iam.get_service_account, cloud, email))
+        if account is not None and not iam.is_managed_account(account):
+            refused.append(unmanaged_message("service account", email, deleting=True))
     return refused
+
+
+def _accounts(cloud: GoogleCloud, params: TeardownParameters) -> list[str]:
+    """The runtime account, and the build's when deploy made it (an id; an email is the
+    user's own account, never deleted)."""
+    emails = [iam.service_account_email(cloud.project, params.service_account_id)]
+    if "@" not in params.build_service_account:
+        emails.append(iam.service_account_email(cloud.project, params.build_service_account))
+    return emails
 
 
 def protected_services(paths: tuple[Path, ...] = DEPLOYMENT_FILES) -> frozenset[str]:
@@ -111,6 +121,8 @@ def sweep(cloud: GoogleCloud, params: TeardownParameters) -> list[Deletion]:
     remaining = [s for s in cloud_run.list_all_services(cloud) if s.name not in swept]
     images = {c.image for s in remaining for c in s.template.containers}
     accounts = {s.template.service_account for s in remaining}
+    if any(is_managed(s.labels) for s in remaining):  # they may be redeployed: builds need it
+        accounts.update(_accounts(cloud, params)[1:])
     older_than = dt.datetime.fromtimestamp(at, dt.UTC) - dt.timedelta(hours=params.idle_hours)
     return [
         *services,
@@ -137,12 +149,13 @@ def teardown(params: TeardownParameters | None = None) -> list[dict[str, str]]:
             raise UnmanagedResourceError("Teardown refused: " + " ".join(refused))
         service = cloud_run.service_name(cloud.project, params.region, params.service)
         deployment = {**MANAGED, DEPLOYMENT_LABEL: label_value(params.service)}
-        email = iam.service_account_email(cloud.project, params.service_account_id)
+        runtime, *builder = _accounts(cloud, params)
         deletions = [
             cloud_run.delete_service(cloud, service),
             artifact_registry.delete_repository(cloud, params.region, params.repository),
             *storage.delete_staging_objects(cloud, deployment, None),
-            iam.delete_service_account(cloud, email),
+            iam.delete_service_account(cloud, runtime),
+            *(cloud_build.delete_build_service_account(cloud, email) for email in builder),
         ]
         key = f"teardown-{params.service}"
     rows = [deletion.row() for deletion in deletions]

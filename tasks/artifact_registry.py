@@ -7,6 +7,7 @@ from functools import partial
 
 from google.api_core import exceptions as gexc
 from google.cloud import artifactregistry_v1
+from google.iam.v1 import iam_policy_pb2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -186,3 +187,28 @@ def sweep_idle_repositories(
             deletion = delete_repository.fn(cloud, region, repo_id)
             looked.append(deletion.because(f"no service uses it; {idle_why}"))
     return looked
+
+
+def grant_repository_role(
+    cloud: GoogleCloud, region: str, repository: str, role: str, member: str
+) -> bool:
+    """``role`` for ``member`` on the repository only (not the project); True if granted now."""
+    client = clients.artifact_registry_client(cloud)
+    name = repository_name(cloud.project, region, repository)
+    with google_errors(f"grant {role} to {member} on {name}"):
+        policy = client.get_iam_policy(
+            request=iam_policy_pb2.GetIamPolicyRequest(resource=name),
+            retry=transient_retry(cloud),
+        )
+        bindings = [b for b in policy.bindings if b.role == role and not b.condition.expression]
+        if any(member in b.members for b in bindings):
+            return False
+        if bindings:
+            bindings[0].members.append(member)
+        else:
+            policy.bindings.add(role=role, members=[member])
+        client.set_iam_policy(
+            request=iam_policy_pb2.SetIamPolicyRequest(resource=name, policy=policy),
+            retry=transient_retry(cloud),
+        )
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,6 +25,7 @@ from tasks.models import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from tasks.retries import consistency_retry, transient_retry
 
 REQUEST_TIMEOUT_SECONDS = 30.0
+POLICY_ATTEMPTS = 5  # read-modify-write rounds when concurrent writers keep changing a policy
 MARKER = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 _CREATED_RE = re.compile(r"created=(\S+)")
 SERVICE_ACCOUNT_KIND = "service account"
@@ -54,9 +56,11 @@ def service_account_email(project: str, account_id: str) -> str:
     return f"{account_id}@{project}.iam.gserviceaccount.com"
 
 
-def managed_description(now: dt.datetime | None = None) -> str:
+def managed_description(
+    now: dt.datetime | None = None, purpose: str = "Ollama on Cloud Run runtime identity"
+) -> str:
     created = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"Ollama on Cloud Run runtime identity; {MARKER} created={created}"
+    return f"{purpose}; {MARKER} created={created}"
 
 
 def is_managed_account(account: ServiceAccount) -> bool:
@@ -101,16 +105,17 @@ def get_service_account(cloud: GoogleCloud, email: str) -> ServiceAccount:
 
 @task(name="ensure-service-account", cache_policy=NO_CACHE)
 def ensure_service_account(
-    cloud: GoogleCloud, account_id: str, display_name: str
+    cloud: GoogleCloud, account_id: str, display_name: str, purpose: str | None = None
 ) -> tuple[str, bool]:
     """Create the service account (no roles granted) or get it; wait until IAM can read it.
 
     Returns (its email, created).
     """
     email = service_account_email(cloud.project, account_id)
+    description = managed_description(purpose=purpose) if purpose else managed_description()
     body = {
         "accountId": account_id,
-        "serviceAccount": {"displayName": display_name, "description": managed_description()},
+        "serviceAccount": {"displayName": display_name, "description": description},
     }
     created = True
     with google_errors(f"create service account {email}"):
@@ -172,4 +177,84 @@ def sweep_idle_service_accounts(
             continue
         deletion = delete_service_account.fn(cloud, account.email)
         deletions.append(deletion.because("no service runs as it"))
+    # Their project grants (the build account's logs writer) go with them.
+    gone = {f"serviceAccount:{d.name}" for d in deletions if d.deleted}
+    if gone:
+        list_or_empty(lambda: [revoke_project_members(cloud, gone)])
     return deletions
+
+
+# -- IAM policies: one binding added, one member removed ----------------------------------------
+
+
+def add_binding(bindings: list[dict[str, Any]], role: str, member: str) -> bool:
+    """Edit JSON ``bindings`` in place so ``role`` has ``member``; True if they changed."""
+    for binding in bindings:
+        if binding.get("role") == role and not binding.get("condition"):
+            members = binding.setdefault("members", [])
+            if member in members:
+                return False
+            if isinstance(members, set):  # google-cloud-storage's Policy keeps sets
+                members.add(member)
+            else:
+                members.append(member)
+            return True
+    bindings.append({"role": role, "members": [member]})
+    return True
+
+
+def remove_member(bindings: list[dict[str, Any]], members: set[str]) -> bool:
+    """Edit JSON ``bindings`` in place so no binding names any of ``members``; True if changed."""
+    changed = False
+    for binding in list(bindings):
+        kept = [m for m in binding.get("members", []) if m not in members]
+        if len(kept) != len(binding.get("members", [])):
+            changed = True
+            if kept:
+                binding["members"] = kept
+            else:
+                bindings.remove(binding)
+    return changed
+
+
+def edit_project_policy(cloud: GoogleCloud, edit: Callable[[list[dict[str, Any]]], bool]) -> bool:
+    """Read-modify-write of the project's IAM policy (Resource Manager v3), again from the read
+    when another writer changed it meanwhile (409 ABORTED on a stale etag). True if changed."""
+    session, base = clients.resource_manager_session(cloud)
+    url = f"{base}/v3/projects/{cloud.project}"
+
+    def call(verb: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = session.post(f"{url}:{verb}", json=body, timeout=REQUEST_TIMEOUT_SECONDS)
+        if response.status_code >= 400:
+            raise gexc.from_http_response(response)
+        data: dict[str, Any] = response.json()
+        return data
+
+    try:
+        for attempt in range(POLICY_ATTEMPTS):
+            policy = transient_retry(cloud)(call)(
+                "getIamPolicy", {"options": {"requestedPolicyVersion": 3}}
+            )
+            if not edit(policy.setdefault("bindings", [])):
+                return False
+            try:
+                transient_retry(cloud)(call)("setIamPolicy", {"policy": policy})
+                return True
+            except gexc.Conflict:
+                if attempt == POLICY_ATTEMPTS - 1:
+                    raise
+        return False
+    finally:
+        session.close()
+
+
+def grant_project_role(cloud: GoogleCloud, role: str, member: str) -> bool:
+    """``role`` for ``member`` on the project; True if it was granted now."""
+    with google_errors(f"grant {role} to {member} on project {cloud.project}"):
+        return edit_project_policy(cloud, partial(add_binding, role=role, member=member))
+
+
+def revoke_project_members(cloud: GoogleCloud, members: set[str]) -> bool:
+    """Every project binding of ``members`` removed (a deleted account's stay otherwise)."""
+    with google_errors(f"remove {', '.join(sorted(members))} from project {cloud.project}"):
+        return edit_project_policy(cloud, partial(remove_member, members=members))

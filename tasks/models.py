@@ -60,6 +60,14 @@ SERVICE_ID_PATTERN = r"^[a-z](?:[-a-z0-9]{0,47}[a-z0-9])?$"
 REGION_PATTERN = r"^[a-z]+-[a-z]+[0-9]+$"
 PROJECT_PATTERN = r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$"
 ACCOUNT_ID_PATTERN = r"^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$"
+# A service account id (this project's, created and granted by deploy) or any account's email.
+BUILD_ACCOUNT_PATTERN = r"^(?:[a-z][-a-z0-9]{4,28}[a-z0-9]|[^@\s]+@[^@\s]+\.gserviceaccount\.com)$"
+BUILD_ACCOUNT_HELP = (
+    "Cloud Build's service account: an account id deploy creates and grants only what a build "
+    "needs (read the staged source, push to the repository, write logs), or the email of an "
+    "account you manage, used as it is (e.g. PROJECT_NUMBER-compute@developer.gserviceaccount.com,"
+    " which needs those roles)"
+)
 REPOSITORY_PATTERN = r"^[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
 IMAGE_NAME_PATTERN = r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$"
 MEMORY_PATTERN = r"^[1-9][0-9]*(Mi|Gi)$"

@@ -56,7 +56,8 @@ REQUIRED_PERMISSIONS: tuple[str, ...] = (
     "cloudbuild.builds.get",
     "iam.serviceAccounts.get",  # iam.ensure_service_account
     "iam.serviceAccounts.create",
-    "iam.serviceAccounts.actAs",  # Cloud Run runs the revision as that account
+    "iam.serviceAccounts.actAs",  # Cloud Run runs the revision as that account, Cloud Build
+    # the build as its own (roles/iam.serviceAccountUser; Cloud Build answers 403 without it)
     "run.services.list",  # preflight: GPUs held by other services
     "run.services.get",  # cloud_run.apply_service / wait_until_ready
     "run.services.create",
@@ -65,6 +66,21 @@ REQUIRED_PERMISSIONS: tuple[str, ...] = (
     "run.services.getIamPolicy",  # cloud_run.ensure_invoker
     "run.services.setIamPolicy",
 )
+# When deploy creates the build's service account, it grants its roles (tasks.cloud_build):
+BUILD_ACCOUNT_PERMISSIONS: tuple[str, ...] = (
+    "storage.buckets.getIamPolicy",  # roles/storage.objectViewer on the staging bucket
+    "storage.buckets.setIamPolicy",
+    "artifactregistry.repositories.getIamPolicy",  # roles/artifactregistry.writer on the repo
+    "artifactregistry.repositories.setIamPolicy",
+    "resourcemanager.projects.getIamPolicy",  # roles/logging.logWriter on the project
+    "resourcemanager.projects.setIamPolicy",
+)
+
+
+def required_permissions(grants_build_roles: bool = True) -> tuple[str, ...]:
+    """What this deploy will call: all of it, and the grants when it manages the build account."""
+    return REQUIRED_PERMISSIONS + (BUILD_ACCOUNT_PERMISSIONS if grants_build_roles else ())
+
 
 Outcome = Literal["passed", "failed", "not checked", "skipped"]
 
@@ -135,7 +151,8 @@ def check_permissions(required: tuple[str, ...], granted: list[str]) -> Check:
             + " on the project: grant a role that has them (for example roles/run.admin, "
             "roles/artifactregistry.admin, roles/cloudbuild.builds.editor, "
             "roles/iam.serviceAccountAdmin, roles/iam.serviceAccountUser, roles/storage.admin, "
-            "roles/serviceusage.serviceUsageAdmin) or use credentials that hold them",
+            "roles/serviceusage.serviceUsageAdmin, roles/resourcemanager.projectIamAdmin) or use "
+            "credentials that hold them (deployments/README.md lists them)",
         )
     return Check("permissions", "passed", f"all {len(required)} held")
 
@@ -256,7 +273,9 @@ def check_id_token(cloud: GoogleCloud) -> Check:
     return Check("ID token", "passed", "these credentials mint Google ID tokens")
 
 
-def run_checks(cloud: GoogleCloud, spec: ServiceSpec, *, needs_id_token: bool) -> PreflightReport:
+def run_checks(
+    cloud: GoogleCloud, spec: ServiceSpec, *, needs_id_token: bool, grants_build_roles: bool = True
+) -> PreflightReport:
     logger = get_run_logger()
     checks = [check_region(spec)]
     checks.append(
@@ -265,8 +284,8 @@ def run_checks(cloud: GoogleCloud, spec: ServiceSpec, *, needs_id_token: bool) -
         else Check("ID token", "skipped", "no smoke test in this run")
     )
     try:
-        granted = granted_permissions(cloud, REQUIRED_PERMISSIONS)
-        checks.append(check_permissions(REQUIRED_PERMISSIONS, granted))
+        required = required_permissions(grants_build_roles)
+        checks.append(check_permissions(required, granted_permissions(cloud, required)))
     except CannotCheck as exc:
         logger.warning("Preflight cannot check permissions (going on): %s", exc)
         checks.append(Check("permissions", "not checked", str(exc)))
@@ -285,10 +304,15 @@ def run_checks(cloud: GoogleCloud, spec: ServiceSpec, *, needs_id_token: bool) -
 
 @task(name="preflight", cache_policy=NO_CACHE)
 def preflight(
-    cloud: GoogleCloud, spec: ServiceSpec, needs_id_token: bool = True
+    cloud: GoogleCloud,
+    spec: ServiceSpec,
+    needs_id_token: bool = True,
+    grants_build_roles: bool = True,
 ) -> PreflightReport:
     """Fail before the build, naming every problem; returns the report when nothing is wrong."""
-    report = run_checks(cloud, spec, needs_id_token=needs_id_token)
+    report = run_checks(
+        cloud, spec, needs_id_token=needs_id_token, grants_build_roles=grants_build_roles
+    )
     for check in report.checks:
         get_run_logger().info("Preflight %s: %s", check.name, check.outcome)
     report.raise_for_problems()

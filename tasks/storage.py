@@ -14,9 +14,11 @@ import io
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud.storage import Blob, Bucket, Client
@@ -27,6 +29,7 @@ from tasks import clients
 from tasks.clients import GoogleCloud
 from tasks.deletions import Deletion, delete_resource, list_or_empty
 from tasks.errors import ConfigurationError, google_errors
+from tasks.iam import add_binding, remove_member
 from tasks.retries import transient_retry
 
 SOURCE_PREFIX = "source/"
@@ -106,8 +109,15 @@ def make_tarball(source_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-def ensure_bucket(cloud: GoogleCloud, client: Client, name: str, labels: dict[str, str]) -> Bucket:
-    """The bucket ``name``, created (with ``labels``) when it does not exist."""
+def ensure_bucket(
+    cloud: GoogleCloud, client: Client, name: str, labels: dict[str, str], location: str
+) -> Bucket:
+    """The bucket ``name``, created in ``location`` (with ``labels``) when it does not exist.
+
+    An existing bucket is used wherever it is: Cloud Build uses ``<project>_cloudbuild`` if it
+    exists, and creating it in the build's region first is the way to keep the source there
+    (terraform-google-modules/terraform-example-foundation#666; gcloud itself creates it in US).
+    """
     with google_errors(f"create the staging bucket gs://{name}"):
         bucket = client.lookup_bucket(name, retry=transient_retry(cloud))
         if bucket is not None:
@@ -115,17 +125,20 @@ def ensure_bucket(cloud: GoogleCloud, client: Client, name: str, labels: dict[st
         try:
             bucket = client.bucket(name)
             bucket.labels = labels
-            return client.create_bucket(bucket, location="US", retry=transient_retry(cloud))
+            return client.create_bucket(bucket, location=location, retry=transient_retry(cloud))
         except gexc.Conflict:
             return client.get_bucket(name, retry=transient_retry(cloud))
 
 
 @task(name="upload-source", cache_policy=NO_CACHE)
-def upload_source(cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]) -> StagedSource:
-    """Tar ``source_dir`` and upload it as a new object (never overwriting one)."""
+def upload_source(
+    cloud: GoogleCloud, source_dir: Path, labels: dict[str, str], region: str
+) -> StagedSource:
+    """Tar ``source_dir`` and upload it as a new object (never overwriting one); the staging
+    bucket is created in ``region`` (the deploy's) when it does not exist yet."""
     client = clients.storage_client(cloud)
     name = staging_bucket_name(cloud.project)
-    bucket = ensure_bucket(cloud, client, name, labels)
+    bucket = ensure_bucket(cloud, client, name, labels, region)
     blob = bucket.blob(f"{SOURCE_PREFIX}{time.time():.6f}-{uuid.uuid4().hex}.tgz")
     blob.metadata = dict(labels)
     with google_errors(f"upload the build context to gs://{name}"):
@@ -134,7 +147,9 @@ def upload_source(cloud: GoogleCloud, source_dir: Path, labels: dict[str, str]) 
         )
     assert blob.generation is not None
     staged = StagedSource(name, blob.name or "", int(blob.generation))
-    get_run_logger().info("Uploaded the build context to %s", staged.gs_uri)
+    get_run_logger().info(
+        "Uploaded the build context to %s (bucket location %s)", staged.gs_uri, bucket.location
+    )
     return staged
 
 
@@ -167,3 +182,25 @@ def delete_staging_objects(
         )
         for blob in list_or_empty(partial(list_staging_objects, cloud, labels, older_than))
     ]
+
+
+def edit_bucket_policy(
+    cloud: GoogleCloud, bucket_name: str, edit: Callable[[list[dict[str, Any]]], bool]
+) -> bool:
+    """Read-modify-write of a bucket's IAM policy; True if it changed."""
+    bucket = clients.storage_client(cloud).bucket(bucket_name)
+    with google_errors(f"change the IAM policy of gs://{bucket_name}"):
+        policy = bucket.get_iam_policy(requested_policy_version=3, retry=transient_retry(cloud))
+        if not edit(policy.bindings):
+            return False
+        bucket.set_iam_policy(policy, retry=transient_retry(cloud))
+    return True
+
+
+def grant_bucket_role(cloud: GoogleCloud, bucket_name: str, role: str, member: str) -> bool:
+    """``role`` for ``member`` on the bucket only (not the project); True if granted now."""
+    return edit_bucket_policy(cloud, bucket_name, partial(add_binding, role=role, member=member))
+
+
+def revoke_bucket_members(cloud: GoogleCloud, bucket_name: str, members: set[str]) -> bool:
+    return edit_bucket_policy(cloud, bucket_name, partial(remove_member, members=members))

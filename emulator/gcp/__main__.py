@@ -55,7 +55,8 @@ def client_env(config: EmulatorConfig, key_file: Path) -> dict[str, str]:
     base_url = f"http://{config.host}:{config.port}"
     return {
         "OLLAMA_CLOUDRUN_API_ENDPOINT": base_url,
-        "STORAGE_EMULATOR_HOST": str(config.storage_url),
+        # Through the emulator's Cloud Storage front (matchGlob, locations, bucket IAM).
+        "STORAGE_EMULATOR_HOST": base_url,
         "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
         "GOOGLE_CLOUD_PROJECT": config.project,
         "GCE_METADATA_HOST": f"{config.host}:{config.port}",

@@ -33,7 +33,9 @@ from emulator.gcp import (
     iam_credentials,
     monitoring,
     resource_manager,
+    resource_policies,
     service_usage,
+    storage_front,
 )
 from emulator.gcp.auth.identity import authenticate
 from emulator.gcp.config import RUNTIME_CONFIG_FIELDS, EmulatorConfig
@@ -61,6 +63,8 @@ def backend_factories() -> dict[str, BackendFactory]:
         "resource_manager": resource_manager.ResourceManagerBackend,
         "service_account_policies": iam_credentials.ServiceAccountPolicies,
         "monitoring": monitoring.MonitoringBackend,
+        "storage_front": storage_front.StorageFront,
+        "resource_policies": resource_policies.ResourcePolicies,
     }
     return factories
 
@@ -80,6 +84,7 @@ def api_routes(emulator: Emulator) -> list[Route]:
         *cloud_quotas.routes(emulator),
         *resource_manager.routes(emulator),
         *monitoring.routes(emulator),
+        *resource_policies.routes(emulator),
     ]
     # A route with a custom verb (`:enable`) wins over a variable that would swallow it.
     return sorted(table, key=lambda r: r.verb is None)
@@ -221,8 +226,14 @@ def create_app(emulator: Emulator, routes: list[Route] | None = None) -> Starlet
             emulator.close()
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    # Cloud Storage: fake-gcs-server behind the front (emulator/gcp/storage_front.py).
+    storage = storage_front.StorageProxy(emulator)
+    storage_routes = [
+        StarletteRoute(prefix + "{path:path}", storage.handle, methods=methods)
+        for prefix in storage_front.PREFIXES
+    ]
     app = Starlette(
-        routes=[StarletteRoute("/{path:path}", dispatch, methods=methods)],
+        routes=[*storage_routes, StarletteRoute("/{path:path}", dispatch, methods=methods)],
         middleware=[Middleware(RequestLog)],
         lifespan=lifespan,
     )

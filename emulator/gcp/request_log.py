@@ -27,7 +27,12 @@ LIMIT = 20_000
 BODY_LIMIT = 256 * 1024
 LOG_PATH = "/_emulator/requests"
 # Credentials plumbing, not Google APIs under test (emulator/gcp/auth serves them).
-UNLOGGED_PREFIXES = ("/_emulator/", "/token", "/computeMetadata/", "/oauth2/")
+# Cloud Storage is fake-gcs-server's (emulator/gcp/storage_front.py relays it): its bodies are
+# object bytes, and the discovery judge's scope is the control plane (tests/gcp/discovery.py).
+UNLOGGED_PREFIXES = (
+    *("/_emulator/", "/token", "/computeMetadata/", "/oauth2/"),
+    *("/storage/v1/", "/upload/storage/v1/", "/download/storage/v1/"),
+)
 
 
 def _decode(body: bytes) -> Any:

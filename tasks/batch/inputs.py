@@ -18,7 +18,6 @@ Blank lines are counted and skipped. Everything else that cannot be sent becomes
 from __future__ import annotations
 
 import codecs
-import fnmatch
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from tasks.batch.stores import GcsStore, LocalStore, ObjectStore, open_store, sp
 from tasks.errors import BatchInputError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".txt": "txt"}
-_GLOB_CHARS = "*?["
+_GLOB_CHARS = "*?[{"  # Cloud Storage's matchGlob syntax (tasks.batch.stores.glob_regex)
 # OpenAI request body fields that map onto Ollama options.
 _OPENAI_OPTIONS = {
     "max_tokens": "num_predict",
@@ -102,9 +101,7 @@ def resolve_inputs(
         base = base.rstrip("/") + "/"
     store = open_store(root + base, storage_client)
     skipped: list[str] = []
-    for info in store.list():
-        if pattern is not None and not fnmatch.fnmatchcase(info.name, pattern):
-            continue
+    for info in store.list(match_glob=pattern):
         if exclude and store.uri_of(info.name).startswith(exclude.rstrip("/") + "/"):
             continue
         fmt = _format_of(info.name)

@@ -44,7 +44,8 @@ class EngineSettings(BaseModel):
         900.0,
         gt=0,
         le=3600,
-        description="Per attempt (and read) timeout; Cloud Run allows ≤ 3600 s.",
+        description="Per attempt (and read) timeout; never more than a Cloud Run target's own "
+        "request timeout (cut to it, with a log line).",
     )
     backoff_initial_seconds: float = Field(
         0.5, ge=0, le=60, description="First retry back-off (jittered)."
@@ -77,7 +78,8 @@ class BatchSettings(BaseModel):
     input: str = Field(
         min_length=1,
         description="Prompts: gs://bucket/path or a local path; one file, a prefix/directory or a "
-        "glob (*.jsonl). JSONL (prompt or messages; optional id, system, options, format), "
+        "glob as Cloud Storage matches it (*.jsonl stays in one directory, **.jsonl goes "
+        "into subdirectories). JSONL (prompt or messages; optional id, system, options, format), "
         "OpenAI batch lines (custom_id, method, url, body) or .txt (one prompt a line).",
     )
     output: str = Field(

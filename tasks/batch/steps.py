@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batch.backends import Backend, OllamaBackend, OpenAIBackend
@@ -109,8 +109,11 @@ def build_backend(
     max_connections: int,
     id_tokens: GoogleIdTokenAuth | None,
 ) -> Backend:
-    """The backend ``settings.api`` names, for one target (its own connections and audience)."""
-    timeout = settings.request_timeout_seconds
+    """The backend ``settings.api`` names, for one target (its own connections and audience;
+    its read timeout never longer than a Cloud Run service's own request timeout)."""
+    timeout, cut = target.request_timeout(settings.request_timeout_seconds)
+    if cut:
+        get_run_logger().info(cut)
     if settings.api == "openai":
         return OpenAIBackend(
             target.uri + "/v1",
@@ -161,7 +164,10 @@ def build_engine(
         max_retries=settings.max_retries,
         backoff_initial_seconds=settings.backoff_initial_seconds,
         backoff_max_seconds=settings.backoff_max_seconds,
-        attempt_timeout_seconds=settings.request_timeout_seconds,
+        # Each lane's backend stops at its own target's timeout; the attempt at the longest.
+        attempt_timeout_seconds=max(
+            t.request_timeout(settings.request_timeout_seconds)[0] for t in targets
+        ),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class ObjectStore(Protocol):
     base_uri: str  # "gs://bucket/prefix/" or "/abs/dir/"
 
     def uri_of(self, name: str) -> str: ...
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def list(self, prefix: str = "", match_glob: str | None = None) -> Iterator[ObjectInfo]: ...
     def stat(self, name: str) -> ObjectInfo | None: ...
     def open_read(self, name: str) -> IO[bytes]: ...
     def read_bytes(self, name: str) -> bytes: ...
@@ -52,6 +53,45 @@ class ObjectStore(Protocol):
     def delete(self, name: str, generation: int | None = None) -> None: ...
     def read_versioned(self, name: str) -> tuple[bytes, int] | None: ...
     def write_if(self, name: str, data: bytes, generation: int) -> int: ...
+
+
+def glob_regex(glob: str) -> re.Pattern[str]:
+    """Cloud Storage's ``matchGlob`` (JSON API objects.list, "List objects and prefixes using
+    glob"), so a local directory lists what a bucket would: ``*`` and ``?`` never cross ``/``;
+    ``**`` does (``a/**/b`` also matches ``a/b``); ``[ab]``, ``[!ab]``, ``{x,y}``, ``\\c``."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            whole = (i == 0 or glob[i - 1] == "/") and glob[i + 2 : i + 3] == "/"
+            out.append("(?:.*/)?" if whole else ".*")
+            i += 3 if whole else 2
+            continue
+        c = glob[i]
+        end = glob.find("]" if c == "[" else "}", i + 2 if c == "[" else i)
+        if c in "[{" and end < 0:
+            raise ConfigurationError(f"unterminated {c!r} in the glob {glob!r}")
+        if c == "[":
+            body = glob[i + 1 : end]
+            out.append("[^" + body[1:] + "]" if body.startswith("!") else "[" + body + "]")
+            i = end + 1
+            continue
+        if c == "{":
+            out.append("(?:" + "|".join(map(re.escape, glob[i + 1 : end].split(","))) + ")")
+            i = end + 1
+            continue
+        if c == "\\" and i + 1 < len(glob):
+            c, i = glob[i + 1], i + 1
+            out.append(re.escape(c))
+        else:
+            out.append({"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c)))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def escape_glob(text: str) -> str:
+    """``text`` as a glob that matches only itself."""
+    return re.sub(r"([*?\[\]{}\\])", r"\\\1", text)
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:
@@ -77,9 +117,14 @@ class GcsStore:
     def uri_of(self, name: str) -> str:
         return self.base_uri + name
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", match_glob: str | None = None) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix``; with ``match_glob`` (relative to the store's base), only
+        those Cloud Storage itself matches (``matchGlob``: the bucket filters, not this loop)."""
+        glob = escape_glob(self.prefix) + match_glob if match_glob else None
         with google_errors(f"list the objects under {self.base_uri}{prefix}"):
-            for blob in self._client.list_blobs(self.bucket_name, prefix=self.prefix + prefix):
+            for blob in self._client.list_blobs(
+                self.bucket_name, prefix=self.prefix + prefix, match_glob=glob
+            ):
                 name = blob.name[len(self.prefix) :]
                 if name and not name.endswith("/"):
                     yield ObjectInfo(name, int(blob.size or 0), blob.generation)
@@ -160,9 +205,10 @@ class LocalStore:
     def uri_of(self, name: str) -> str:
         return str(self._path(name))
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", match_glob: str | None = None) -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
             return
+        pattern = glob_regex(match_glob) if match_glob else None
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for filename in sorted(filenames):
@@ -170,7 +216,7 @@ class LocalStore:
                     continue  # temporary files of an unfinished create
                 path = Path(dirpath, filename)
                 name = path.relative_to(self.root).as_posix()
-                if name.startswith(prefix):
+                if name.startswith(prefix) and (pattern is None or pattern.match(name)):
                     yield ObjectInfo(name, path.stat().st_size)
 
     def stat(self, name: str) -> ObjectInfo | None:

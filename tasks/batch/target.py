@@ -17,6 +17,9 @@ from tasks.errors import ConfigurationError, ServiceNotReadyError, google_errors
 
 CLOUD_RUN_DEFAULT_CONCURRENCY = 80  # Cloud Run's default when the template leaves it 0
 CLOUD_RUN_DEFAULT_MAX_INSTANCES = 100
+# A revision's request timeout when its template sets none: 300 s ("Set request timeout",
+# https://cloud.google.com/run/docs/configuring/request-timeout; RevisionTemplate.timeout).
+CLOUD_RUN_DEFAULT_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Target:
     gpu_zonal_redundancy: bool = False
     region: str | None = None  # a Cloud Run service's
     explicit_slots: int | None = None  # ``#slots=N`` given with the target
+    timeout_seconds: float | None = None  # the service's request timeout; None for a plain URL
 
     @property
     def slots(self) -> int:
@@ -40,6 +44,17 @@ class Target:
     def label(self) -> str:
         """How logs, the summary and the manifest name it: ``region/service`` or the URL."""
         return f"{self.region}/{self.service}" if self.service and self.region else self.uri
+
+    def request_timeout(self, requested: float) -> tuple[float, str | None]:
+        """The per-request timeout to use: ``requested``, but never longer than the service's
+        own (Cloud Run answers 504 past it, so waiting longer only delays the retry); and the
+        line that says so when it was cut."""
+        if self.timeout_seconds is None or requested <= self.timeout_seconds:
+            return requested, None
+        return self.timeout_seconds, (
+            f"request_timeout_seconds={requested:g} exceeds the timeout of {self.label} "
+            f"({self.timeout_seconds:g} s): each request waits at most {self.timeout_seconds:g} s"
+        )
 
 
 def lane_limits(targets: list[Target], in_flight: int | None) -> list[int]:
@@ -102,6 +117,11 @@ def target_from_service(service: run_v2.Service) -> Target:
         memory_gib=_memory_gib(limits.get("memory"), 0.5),
         gpus=int(limits.get("nvidia.com/gpu", "0") or 0),
         gpu_zonal_redundancy=not template.gpu_zonal_redundancy_disabled,
+        timeout_seconds=(
+            template.timeout.total_seconds()
+            if template.timeout
+            else CLOUD_RUN_DEFAULT_TIMEOUT_SECONDS
+        ),
     )
 
 

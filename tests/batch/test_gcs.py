@@ -12,6 +12,7 @@ import pytest
 
 from emulator.ollama.launcher import OllamaServer
 from flows.batch import BatchParams, batch_inference
+from tasks.batch.inputs import resolve_inputs
 from tasks.batch.preflight import PROBE_PREFIX
 from tasks.batch.stores import GcsStore
 from tasks.clients import resolve_cloud, storage_client
@@ -49,6 +50,23 @@ def test_gs_input_and_output(
     assert len(shards) == 4  # flushed per shard of 30, each its own object
     again = asyncio.run(batch_inference(params))
     assert again["counts"]["skipped"] == 120 and again["this_run"]["sent"] == 0
+
+
+def test_gs_globs_are_listed_by_cloud_storage_match_glob(gcp_env: dict[str, str]) -> None:
+    """The lister sends the glob as matchGlob (the emulator's front filters as GCS does):
+    `*` does not cross `/`, `**` does."""
+    client = storage_client(resolve_cloud())
+    bucket = client.create_bucket(f"batch-{uuid.uuid4().hex[:8]}")
+    for name in ("p/a.jsonl", "p/sub/c.jsonl", "p/b.txt", "q/x.jsonl"):
+        bucket.blob(name).upload_from_string('{"prompt": "q"}\n')
+
+    def keys(glob: str) -> list[str]:
+        return sorted(f.key for f in resolve_inputs(f"gs://{bucket.name}/{glob}", client))
+
+    assert keys("p/*.jsonl") == ["a.jsonl"]
+    assert keys("p/**.jsonl") == ["a.jsonl", "sub/c.jsonl"]
+    assert keys("**/c.jsonl") == ["p/sub/c.jsonl"]
+    assert keys("{p,q}/*.jsonl") == ["p/a.jsonl", "q/x.jsonl"]
 
 
 @pytest.mark.slow

@@ -109,8 +109,15 @@ def test_resolve_file_directory_glob_and_exclusions(tmp_path: Path) -> None:
     assert [(f.key, f.format) for f in single] == [("a.jsonl", "jsonl")]
     everything = resolve_inputs(str(tmp_path / "in"), exclude=str(tmp_path / "in" / "out"))
     assert sorted(f.key for f in everything) == ["a.jsonl", "b.txt", "sub/c.jsonl"]
+    # Cloud Storage's matchGlob, also for a local directory: `*` stays in one level, `**` not.
     globbed = resolve_inputs(str(tmp_path / "in" / "*.jsonl"))
-    assert sorted(f.key for f in globbed) == ["a.jsonl", "out/old.jsonl", "sub/c.jsonl"]
+    assert sorted(f.key for f in globbed) == ["a.jsonl"]
+    deep = resolve_inputs(str(tmp_path / "in" / "**.jsonl"))
+    assert sorted(f.key for f in deep) == ["a.jsonl", "out/old.jsonl", "sub/c.jsonl"]
+    nested = resolve_inputs(str(tmp_path / "in" / "**" / "c.jsonl"))
+    assert [f.key for f in nested] == ["sub/c.jsonl"]
+    either = resolve_inputs(str(tmp_path / "in" / "{a.jsonl,b.txt}"))
+    assert sorted(f.key for f in either) == ["a.jsonl", "b.txt"]
 
 
 def test_resolve_errors_are_clear(tmp_path: Path) -> None:

@@ -36,6 +36,25 @@ def _builds(emulator: EmulatorControl) -> int:
     return len(emulator.state()["backends"]["cloud_build"]["builds"])
 
 
+def _build_account_grants(emulator: EmulatorControl) -> list[str]:
+    """Where the emulator's IAM policies name deploy's build account (resource: role)."""
+    member = f"serviceAccount:ollama-build@{emulator.project}.iam.gserviceaccount.com"
+    state = emulator.state()["backends"]
+    policies = {**state["resource_policies"], **state["storage_front"]["policies"]}
+
+    def kind(resource: str) -> str:
+        if "/repositories/" in resource:
+            return "repository"
+        return "project" if resource.startswith("projects/") else "bucket"
+
+    return sorted(
+        f"{kind(resource)}: {b['role']}"
+        for resource, policy in policies.items()
+        for b in policy.get("bindings", [])
+        if member in b["members"]
+    )
+
+
 def _results(rows: list[dict[str, str]]) -> dict[str, str]:
     return {r["kind"]: r["result"] for r in rows}
 
@@ -55,6 +74,17 @@ def test_deploy_noop_new_model_and_teardown_twice(
     artifact = Artifact.get(f"deploy-{service_id}")
     assert artifact is not None and first["uri"] in str(artifact.data)
     builds = _builds(emulator_api)
+    # The build ran as deploy's own account, granted the three roles at their narrowest scope.
+    build = emulator_api.state()["backends"]["cloud_build"]["builds"][-1]["build"]
+    assert build["serviceAccount"].endswith(
+        f"/ollama-build@{emulator_api.project}.iam.gserviceaccount.com"
+    )
+    assert build["options"]["logging"] == "CLOUD_LOGGING_ONLY"
+    assert _build_account_grants(emulator_api) == [
+        "bucket: roles/storage.objectViewer",
+        "project: roles/logging.logWriter",
+        "repository: roles/artifactregistry.writer",
+    ]
 
     # Nothing changed: no build, no update call, no new revision.
     second = deploy(params)
@@ -89,6 +119,11 @@ def test_deploy_noop_new_model_and_teardown_twice(
     gone = teardown(TeardownParameters(service=service_id))
     assert set(_results(gone).values()) == {"deleted"}
     assert "staging object" in _results(gone)
+    accounts = [r["name"] for r in gone if r["kind"] == "service account"]
+    assert any(a.startswith("ollama-build@") for a in accounts), gone
+    # No grant outlives the account (the repository's went with the repository).
+    left = [g for g in _build_account_grants(emulator_api) if not g.startswith("repository")]
+    assert left == []
     with pytest.raises(gexc.NotFound):
         _get_service(service_id)
     twice = teardown(TeardownParameters(service=service_id))

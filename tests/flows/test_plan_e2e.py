@@ -64,6 +64,7 @@ def test_plan_create_no_change_and_a_changed_field_without_side_effects(
         "APIs": "create",
         "repository": "create",
         "image": "create",
+        "build account": "create",
         "service account": "create",
         "service": "create",
         "IAM binding": "create",

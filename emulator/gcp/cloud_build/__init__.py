@@ -1,8 +1,9 @@
 """Cloud Build v1: builds from a `storageSource` tarball, global and regional.
 
 Files: `spec` (statuses, checks, defaults), `docker` and `dockerfile` (what Docker would read),
-`plan` (steps -> pushes or failure), `source` (the tarball in Cloud Storage), `backend` (the
-state machine, no HTTP), `routes`.
+`plan` (steps -> pushes or failure), `source` (the tarball in Cloud Storage), `identity` (the
+build's service account: actAs at create; logs, source and push permissions while it runs),
+`backend` (the state machine, no HTTP), `routes`.
 
 A build is an explicit state machine on the emulator's clock: QUEUED at create, WORKING after a
 third of `config.build_seconds`, then SUCCESS / FAILURE / TIMEOUT at `build_seconds` (a timer
@@ -19,7 +20,10 @@ What a build does (decided at create, applied when it finishes):
   pushes every tag built for it, as Cloud Build's `docker push --all-tags`), with a digest over
   the context content and build args; the model baked into the image (`ARG`/`ENV MODEL`, with
   `--build-arg`) is recorded on the image. A missing repository fails the push (PUSH_FAILED);
-- write the build log to `gs://<logsBucket or PROJECT_cloudbuild>/log-<id>.txt`.
+- run as `serviceAccount` (default: the Compute Engine default account): a build whose account
+  lacks a permission fails as Google fails it (`identity`);
+- write the build log to `gs://<logsBucket or PROJECT_cloudbuild>/log-<id>.txt` (not with the
+  CLOUD_LOGGING_ONLY / NONE logging options).
 """
 
 from emulator.gcp.cloud_build.backend import CloudBuildBackend

@@ -20,6 +20,7 @@ import httpx
 from google.cloud.devtools import cloudbuild_v1
 
 from emulator.gcp.artifact_registry import ArtifactRegistryBackend
+from emulator.gcp.cloud_build.identity import runtime_denial
 from emulator.gcp.cloud_build.plan import BuildPlan
 from emulator.gcp.cloud_build.source import BuildStorage, GcsHttpStorage, fetch_and_plan
 from emulator.gcp.cloud_build.spec import (
@@ -227,7 +228,7 @@ class CloudBuildBackend:
             build.status = TIMEOUT
             build.status_detail = "Build timed out"
             plan.log.append("ERROR: context deadline exceeded (build timeout)")
-        elif plan.failure is None:
+        elif plan.failure is None and not self._denied(record):
             self._push(record)
         if plan.failure is not None and status is None:
             build.status = FAILURE
@@ -248,6 +249,18 @@ class CloudBuildBackend:
                 step.status = QUEUED
             step.timing = cloudbuild_v1.TimeSpan(start_time=utc(record.start_at), end_time=utc(at))
         self._write_log(record)
+
+    def _denied(self, record: BuildRecord) -> bool:
+        """Whether the build's service account lacks a permission it needs (the plan then
+        carries Google's failure; before the push, no step ran for a logging or source one)."""
+        denial = runtime_denial(self._emulator, record.build, record.plan)
+        if denial is None:
+            return False
+        plan = record.plan
+        plan.failure, plan.failure_type = denial
+        if plan.failure_type != int(FailureType.PUSH_NOT_AUTHORIZED):
+            plan.failed_step = -1  # every step stays QUEUED
+        return True
 
     def _push(self, record: BuildRecord) -> None:
         build, plan = record.build, record.plan
@@ -289,6 +302,8 @@ class CloudBuildBackend:
             )
 
     def _write_log(self, record: BuildRecord) -> None:
+        if not record.build.logs_bucket:
+            return  # CLOUD_LOGGING_ONLY / NONE: no log object
         bucket = record.build.logs_bucket.removeprefix("gs://").split("/", 1)[0]
         data = ("\n".join(record.plan.log) + "\n").encode()
         try:

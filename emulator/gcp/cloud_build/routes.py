@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from emulator.gcp.cloud_build.backend import CloudBuildBackend
+from emulator.gcp.cloud_build.identity import check_act_as
 from emulator.gcp.cloud_build.spec import SERVICE, Build
 from emulator.gcp.errors import invalid_argument, unimplemented
 from emulator.gcp.routing import Call, Route
@@ -33,6 +34,9 @@ async def create(call: Call) -> dict[str, Any]:
     with call.emulator.lock:
         backend = _backend(call)
         build = backend.prepare_build(project, location, call.body)
+        if call.body.get("serviceAccount"):
+            assert call.caller is not None  # the dispatcher answers 401 to an anonymous call
+            check_act_as(call.emulator, project, build.service_account, call.caller)
     plan = await asyncio.to_thread(backend.fetch_and_plan, build)
     with call.emulator.lock:
         return _backend(call).queue_build(build, location, plan)

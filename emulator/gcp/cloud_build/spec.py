@@ -24,6 +24,17 @@ TIMEOUT, CANCELLED = Status(6), Status(7)
 DOCKER_BUILDER = "gcr.io/cloud-builders/docker"
 DEFAULT_TIMEOUT_SECONDS = 3600
 MAX_TIMEOUT_SECONDS = 24 * 3600
+Options = cloudbuild_v1.BuildOptions
+# Google's 400 for a user-specified service account with nowhere for its logs to go, verbatim
+# as quoted in GoogleCloudPlatform/terraform-google-dataplex-auto-data-quality#39 and
+# in28minutes/course-material#11 ("...: invalid argument").
+LOGGING_OPTION_REQUIRED = (
+    "if 'build.service_account' is specified, the build must either (a) specify "
+    "'build.logs_bucket', (b) use the REGIONAL_USER_OWNED_BUCKET "
+    "build.options.default_logs_bucket_behavior option, or (c) use either CLOUD_LOGGING_ONLY / "
+    "NONE logging options"
+)
+NO_LOGS_BUCKET = {Options.LoggingMode.CLOUD_LOGGING_ONLY, Options.LoggingMode.NONE}
 TERMINAL = {
     Status.SUCCESS,
     Status.FAILURE,
@@ -75,6 +86,14 @@ def validate_build(build: Build) -> None:
     for i, step in enumerate(build.steps):
         if not step.name:
             raise invalid_argument(f"invalid build: build step {i} must specify a name")
+    regional = Options.DefaultLogsBucketBehavior.REGIONAL_USER_OWNED_BUCKET
+    if (
+        build.service_account
+        and not build.logs_bucket
+        and build.options.logging not in NO_LOGS_BUCKET
+        and build.options.default_logs_bucket_behavior != regional
+    ):
+        raise invalid_argument(LOGGING_OPTION_REQUIRED)
 
 
 def new_build(project: str, location: str, body: Mapping[str, Any]) -> Build:
@@ -101,7 +120,7 @@ def new_build(project: str, location: str, body: Mapping[str, Any]) -> Build:
         build.timeout = duration_pb2.Duration(seconds=DEFAULT_TIMEOUT_SECONDS)
     if not build.queue_ttl:
         build.queue_ttl = duration_pb2.Duration(seconds=3600)
-    if not build.logs_bucket:
+    if not build.logs_bucket and build.options.logging not in NO_LOGS_BUCKET:
         build.logs_bucket = f"gs://{project}_cloudbuild"
     if not build.service_account:
         build.service_account = (

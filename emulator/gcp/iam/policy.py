@@ -15,7 +15,14 @@ Role -> permission mapping (the few roles this project uses; a permission patter
   Cloud Run Admins can modify IAM policies" (https://cloud.google.com/run/docs/securing/managing-access).
 - Service account roles, https://cloud.google.com/iam/docs/service-account-permissions :
   roles/iam.serviceAccountTokenCreator = getAccessToken, getOpenIdToken, implicitDelegation,
-  signBlob, signJwt (plus get/list); roles/iam.serviceAccountOpenIdTokenCreator = getOpenIdToken.
+  signBlob, signJwt (plus get/list); roles/iam.serviceAccountOpenIdTokenCreator = getOpenIdToken;
+  roles/iam.serviceAccountUser = iam.serviceAccounts.actAs (plus get/list).
+- What a build's service account needs (https://cloud.google.com/build/docs/cloud-build-service-
+  account-updates, and the roles reference https://cloud.google.com/iam/docs/understanding-roles):
+  roles/storage.objectViewer = storage.objects.get, storage.objects.list;
+  roles/artifactregistry.writer = the reader's (downloadArtifacts, get/list) plus
+  artifactregistry.repositories.uploadArtifacts and tags create/update;
+  roles/logging.logWriter = logging.logEntries.create, logging.logEntries.route.
 """
 
 from __future__ import annotations
@@ -47,6 +54,18 @@ _TOKEN_CREATOR = (
     "iam.serviceAccounts.signJwt", "iam.serviceAccounts.get", "iam.serviceAccounts.list",
 )  # fmt: skip
 
+_REGISTRY_READ = (
+    "artifactregistry.repositories.downloadArtifacts", "artifactregistry.repositories.get",
+    "artifactregistry.repositories.list", "artifactregistry.dockerimages.*",
+    "artifactregistry.packages.get", "artifactregistry.packages.list",
+    "artifactregistry.tags.get", "artifactregistry.tags.list",
+    "artifactregistry.versions.get", "artifactregistry.versions.list",
+)  # fmt: skip
+_REGISTRY_WRITE = (
+    *_REGISTRY_READ, "artifactregistry.repositories.uploadArtifacts",
+    "artifactregistry.tags.create", "artifactregistry.tags.update",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Role:
@@ -70,6 +89,13 @@ ROLES: dict[str, Role] = {
     "roles/run.invoker": Role((INVOKE, "run.jobs.run", "run.jobs.runWithOverrides")),
     "roles/iam.serviceAccountTokenCreator": Role(_TOKEN_CREATOR),
     "roles/iam.serviceAccountOpenIdTokenCreator": Role(("iam.serviceAccounts.getOpenIdToken",)),
+    "roles/iam.serviceAccountUser": Role(
+        ("iam.serviceAccounts.actAs", "iam.serviceAccounts.get", "iam.serviceAccounts.list")
+    ),
+    "roles/storage.objectViewer": Role(("storage.objects.get", "storage.objects.list")),
+    "roles/artifactregistry.reader": Role(_REGISTRY_READ),
+    "roles/artifactregistry.writer": Role(_REGISTRY_WRITE),
+    "roles/logging.logWriter": Role(("logging.logEntries.create", "logging.logEntries.route")),
 }
 _MEMBER = re.compile(r"^(user|serviceAccount|group|domain|principal|principalSet):.+")
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
@@ -110,6 +136,11 @@ def replace_policy(current: policy_pb2.Policy, policy: policy_pb2.Policy) -> pol
     new.version = max(1, policy.version)
     new.etag = secrets.token_bytes(8)
     return new
+
+
+def empty_policy() -> policy_pb2.Policy:
+    """A resource's policy before anyone set one (etag "ACAB", as Google answers it)."""
+    return policy_pb2.Policy(version=1, etag=b"\x00\x20\x01")
 
 
 def members_with(policy: policy_pb2.Policy, permission: str) -> frozenset[str]:
