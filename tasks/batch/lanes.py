@@ -4,9 +4,13 @@ A ``Lane`` is one target as the engine sees it: its backend (its own connections
 audience), its ``AdaptiveLimiter`` (its slots: max instances × concurrency), its
 ``CircuitBreaker``, a pause (a 429/503's ``Retry-After``) and its counters.
 
-``LanePool.acquire`` hands each attempt the least-busy lane (in flight / limit) that has room, is
-not paused and whose breaker admits it. Every lane's limit is its slots, so with equal answer
-times each target serves its slot share, and a faster target takes more. A lane whose breaker
+``LanePool.acquire`` hands each attempt, among the lanes that have room, are not paused and whose
+breaker admits it, the one furthest behind its slot share (stride scheduling: each attempt
+advances its lane's pass by 1 / slots). So each target serves its slot share whether the targets
+or the client are the bottleneck (least-busy picking drifts towards an even split when the client
+is slow and few requests are in flight); a full lane is skipped, so a faster target takes more.
+A lane that could not take its turns (full, paused, breaker open) is lifted to the pool's pass
+when it takes one again, so it never makes up for lost turns in a burst. A lane whose breaker
 is open gets nothing; its share goes to the others. A retried attempt avoids the lane that just
 failed it while another lane can take it. When every breaker is open, the lanes take requests
 anyway: with nowhere else to go, the retry policy decides (one target behaves as before).
@@ -53,12 +57,10 @@ class Lane:
         self.breaker = breaker or CircuitBreaker()
         self.stats = LaneStats()
         self.paused_until = float("-inf")
+        self.pass_ = 0.0  # stride scheduling: attempts taken / slots, lifted to the pool's pass
 
     def ready(self, now: float) -> bool:
         return self.limiter.has_room and now >= self.paused_until
-
-    def busy(self) -> float:
-        return self.limiter.in_flight / max(1, self.limiter.limit)
 
 
 Waiter = tuple[asyncio.Future[tuple[Lane, int]], Lane | None]
@@ -74,16 +76,18 @@ class LanePool:
         self._again: list[Waiter] = []  # retries (each avoids a lane): they waited longest
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._pass = 0.0  # the pass of the last lane chosen: where every lane's turn stands
 
     def _choose(self, avoid: Lane | None, now: float) -> Lane | None:
         candidates = [lane for lane in self.lanes if lane.breaker.admits()] or self.lanes
         if avoid is not None and len(candidates) > 1:
             candidates = [lane for lane in candidates if lane is not avoid]
         ready = [lane for lane in candidates if lane.ready(now)]
-        return min(ready, key=Lane.busy) if ready else None
+        return min(ready, key=lambda lane: max(lane.pass_, self._pass)) if ready else None
 
-    @staticmethod
-    def _take(lane: Lane) -> tuple[Lane, int]:
+    def _take(self, lane: Lane) -> tuple[Lane, int]:
+        self._pass = max(self._pass, lane.pass_)
+        lane.pass_ = self._pass + 1 / lane.limiter.max_limit
         lane.breaker.sent()
         lane.stats.sent += 1
         return lane, lane.limiter.take()

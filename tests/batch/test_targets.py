@@ -224,6 +224,20 @@ def test_a_target_that_dies_gets_nothing_more_and_its_prompts_go_elsewhere() -> 
     assert Counter(o.record["id"] for o in outcomes) == Counter(f"p{i}" for i in range(200))
 
 
+def test_a_slow_client_still_splits_by_slots() -> None:
+    # One prompt in flight at a time (the client is the bottleneck): every lane always has room,
+    # so the slot share must come from the choice itself, not from full lanes being skipped.
+    big, small = ScriptedTarget(), ScriptedTarget()
+    engine, _ = _run([_lane("big", big, 4), _lane("small", small, 2)], 0)
+
+    async def one_at_a_time() -> None:
+        for i in range(300):
+            assert (await engine.run(PromptRequest(f"p{i}", "f", i, 1, prompt="q"))).ok
+
+    asyncio.run(one_at_a_time())
+    assert (len(big.calls), len(small.calls)) == (200, 100)
+
+
 def test_a_target_that_recovers_is_probed_and_gets_its_share_again() -> None:
     flaky = ScriptedTarget(
         delay=0.003, fail=lambda n: ConnectionError("reset") if 6 <= n <= 14 else None
