@@ -1,22 +1,29 @@
 """Flow ``deploy``: Google's "Ollama on Cloud Run GPUs" tutorial as one idempotent run.
 
-enable APIs → preflight → repository → image (content-hash tag; the build is skipped when the
-tag exists; built as the build service account, which deploy creates and grants only what a
-build needs unless an email names the user's own) → runtime service account (no roles) →
-Cloud Run service (create, update, or nothing when unchanged) → ``roles/run.invoker`` for the
-caller only → wait until ready → smoke test.
-The service steps run in a Prefect transaction: when a later step fails after a change (the smoke
-test, readiness), the ``deploy-service`` rollback hook restores the previous spec (or deletes the
-service it created) and the run fails.
+enable APIs → preflight (each region) → repository → image (content-hash tag; the build is
+skipped when the tag exists; built as the build service account, which deploy creates and grants
+only what a build needs unless an email names the user's own) → runtime service account (no
+roles) → in every region at once (``deploy-region`` tasks): Cloud Run service (create, update,
+or nothing when unchanged) → ``roles/run.invoker`` for the caller only → wait until ready →
+smoke test.
+
+Several regions: the image is built once into the repository in the first region (a Cloud Run
+service pulls from any region's Artifact Registry) and every region's service runs it. Each
+region's service steps run in their own Prefect transaction: when a later step fails after a
+change (the smoke test, readiness), the ``deploy-service`` rollback hook restores that region's
+previous spec (or deletes the service it created). A region that fails its preflight or its
+deploy is reported and left out; the run fails only when every region failed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
+from prefect.futures import PrefectFuture
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from prefect.transactions import Transaction, transaction
@@ -35,7 +42,7 @@ from tasks import (
     storage,
 )
 from tasks.clients import GoogleCloud, caller_identity, resolve_cloud
-from tasks.errors import UnmanagedResourceError
+from tasks.errors import OllamaCloudRunError, UnmanagedResourceError
 from tasks.models import (
     LAST_USED_LABEL,
     is_managed,
@@ -69,7 +76,11 @@ def caller_member(cloud: GoogleCloud) -> str:
 def console_links(project: str, params: DeployParameters) -> dict[str, str]:
     base = "https://console.cloud.google.com"
     return {
-        "service": f"{base}/run/detail/{params.region}/{params.service}/metrics?project={project}",
+        **{
+            f"service {region}" if len(params.regions) > 1 else "service": f"{base}/run/detail/"
+            f"{region}/{params.service}/metrics?project={project}"
+            for region in params.regions
+        },
         "repository": f"{base}/artifacts/docker/{project}/{params.region}/{params.repository}"
         f"?project={project}",
         "builds": f"{base}/cloud-build/builds?project={project}",
@@ -87,12 +98,20 @@ def _revert_service_change(txn: Transaction) -> None:
     get_run_logger().warning("Rolled back %s: %s", outcome.name, done)
 
 
+def _cell(value: object) -> str:
+    if isinstance(value, dict):
+        value = "<br>".join(f"{k}: {v}" for k, v in value.items())
+    return str(value).replace("|", "/")
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     lines = ["## Deploy", "", "| | |", "|---|---|"]
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            value = "<br>".join(f"{k}: {v}" for k, v in value.items())
-        lines.append(f"| {key} | {str(value).replace('|', '/')} |")
+    lines += [f"| {k} | {_cell(v)} |" for k, v in summary.items() if k != "regions"]
+    lines += ["", "### Regions", "", "| region | status | service URL | smoke test |"]
+    lines.append("|---|---|---|---|")
+    for region, result in summary["regions"].items():
+        cells = [result["status"], result.get("uri", "—"), result.get("smoke test", "—")]
+        lines.append(f"| {region} | " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,44 +176,47 @@ def _plan_first(params: DeployParameters) -> dict[str, Any] | None:
     return None
 
 
-@flow(name="deploy")
-def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
-    """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
-    params = params or DeployParameters()
-    stop = _plan_first(params)
-    if stop is not None:
-        return stop
-    cloud = resolve_cloud(params.project, params.credentials_block)
-    member = params.invoker or caller_member(cloud)
-    labels = managed_labels(params.service, owner_name(), flow_run.get_name())
-    labels[LAST_USED_LABEL] = str(int(idle.now()))  # a deploy is a use (tasks/idle.py)
+def deployable_regions(
+    cloud: GoogleCloud, params: DeployParameters, reports: dict[str, preflight.PreflightReport]
+) -> tuple[list[str], dict[str, str]]:
+    """The regions to deploy to, and why each other one is left out (its preflight failed, or a
+    service this project did not make has its name there). None left: the first region's error."""
+    left_out: dict[str, str] = {}
+    errors: list[OllamaCloudRunError] = []
+    for region in params.regions:
+        try:
+            reports[region].raise_for_problems()
+            name = cloud_run.service_name(cloud.project, region, params.service)
+            existing = cloud_run.get_service(cloud, name)
+            if existing is not None and not is_managed(existing.labels) and not params.adopt:
+                # Before the build: refusing costs seconds and touches nothing.
+                raise UnmanagedResourceError(unmanaged_message("Cloud Run service", name))
+        except OllamaCloudRunError as exc:
+            left_out[region] = f"left out: {exc}"
+            errors.append(exc)
+    if errors and len(errors) == len(params.regions):
+        raise errors[0]
+    for region, why in left_out.items():
+        get_run_logger().warning("Region %s %s", region, why)
+    return [r for r in params.regions if r not in left_out], left_out
+
+
+@task(name="deploy-region", cache_policy=NO_CACHE)
+def deploy_region(
+    cloud: GoogleCloud,
+    params: DeployParameters,
+    image: str,
+    service_account: str,
+    labels: dict[str, str],
+    member: str,
+) -> dict[str, Any]:
+    """One region's service (``params`` for that region alone): deploy → invoker → ready → smoke
+    test, in its own transaction, so that a failure after a change undoes this region only."""
     actions: dict[str, str] = {}
-
-    cloud = cloud.with_enabled(service_usage.enable_apis(cloud))  # first: the preflight needs them
-    # Fails in seconds, before any build, naming region, ID token, permission or quota problems.
-    checked = preflight.preflight(
-        cloud, params.spec, params.run_smoke_test, params.manages_build_account
-    )
-    service_name = cloud_run.service_name(cloud.project, params.region, params.service)
-    existing = cloud_run.get_service(cloud, service_name)
-    if existing is not None and not is_managed(existing.labels) and not params.adopt:
-        # Before the build: refusing costs seconds and touches nothing.
-        raise UnmanagedResourceError(unmanaged_message("Cloud Run service", service_name))
-    _, repo_created = artifact_registry.ensure_repository(
-        cloud, params.region, params.repository, labels, params.adopt
-    )
-    actions["repository"] = "created" if repo_created else "exists"
-    image, built = _find_or_build_image(cloud, params, labels)
-    actions["image"] = "built" if built else "skipped (tag exists)"
-    sa_email, sa_created = iam.ensure_service_account(
-        cloud, params.service_account_id, f"Ollama on Cloud Run ({params.service})"
-    )
-    actions["service account"] = "created" if sa_created else "exists"
-
     smoke: dict[str, object] = {}
     with transaction() as txn:
         outcome = cloud_run.deploy_service(
-            cloud, params.spec, image.digest_uri, sa_email, labels, params.adopt
+            cloud, params.spec, image, service_account, labels, params.adopt
         )
         txn.set("cloud", cloud)
         txn.set("outcome", outcome)
@@ -213,24 +235,101 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
                 )
             )
     cloud_run.record_service_use(cloud, outcome.name)  # an unchanged redeploy is a use too
-
-    summary: dict[str, Any] = {
+    get_run_logger().info("Deployed %s at %s (%s)", outcome.name, service.uri, outcome.action)
+    result: dict[str, Any] = {
+        "status": f"deployed ({outcome.action})",
         "service": outcome.name,
         "uri": service.uri,
         "revision": service.revision,
+        "actions": actions,
+    }
+    if smoke:
+        result["smoke test"] = {k: smoke[k] for k in SMOKE_SUMMARY_KEYS if k in smoke}
+    return result
+
+
+def deployed_regions(
+    futures: dict[str, PrefectFuture[dict[str, Any]]], left_out: dict[str, str], order: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Every region's result in ``order``: deployed, failed (rolled back) or left out. Raises
+    the first region's error when none deployed."""
+    results: dict[str, dict[str, Any]] = {r: {"status": why} for r, why in left_out.items()}
+    errors: list[BaseException] = []
+    for region, future in futures.items():
+        try:
+            results[region] = future.result()
+        except Exception as exc:
+            get_run_logger().warning("Region %s failed and is left out: %s", region, exc)
+            results[region] = {"status": f"failed (rolled back): {exc}"}
+            errors.append(exc)
+    if errors and len(errors) == len(futures):
+        raise errors[0]
+    return {r: results[r] for r in order}
+
+
+def is_deployed(result: dict[str, Any]) -> bool:
+    return str(result.get("status", "")).startswith("deployed")
+
+
+@flow(name="deploy")
+def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
+    """Deploy (or confirm) the service in each region; returns the summary also stored as
+    ``deploy-<service>`` (its top-level service, uri and actions: the first deployed region's)."""
+    params = params or DeployParameters()
+    stop = _plan_first(params)
+    if stop is not None:
+        return stop
+    cloud = resolve_cloud(params.project, params.credentials_block)
+    member = params.invoker or caller_member(cloud)
+    labels = managed_labels(params.service, owner_name(), flow_run.get_name())
+    labels[LAST_USED_LABEL] = str(int(idle.now()))  # a deploy is a use (tasks/idle.py)
+    actions: dict[str, str] = {}
+
+    cloud = cloud.with_enabled(service_usage.enable_apis(cloud))  # first: the preflight needs them
+    # Fails in seconds, before any build, naming region, ID token, permission or quota problems
+    # (each region against its own quota); a region that fails is left out unless all do.
+    specs = [params.spec_for(region) for region in params.regions]
+    reports = preflight.preflight_regions(
+        cloud, specs, params.run_smoke_test, params.manages_build_account
+    )
+    regions, left_out = deployable_regions(cloud, params, reports)
+    _, repo_created = artifact_registry.ensure_repository(
+        cloud, params.region, params.repository, labels, params.adopt
+    )
+    actions["repository"] = "created" if repo_created else "exists"
+    image, built = _find_or_build_image(cloud, params, labels)
+    actions["image"] = "built" if built else "skipped (tag exists)"
+    sa_email, sa_created = iam.ensure_service_account(
+        cloud, params.service_account_id, f"Ollama on Cloud Run ({params.service})"
+    )
+    actions["service account"] = "created" if sa_created else "exists"
+
+    futures = {
+        region: deploy_region.submit(
+            cloud, params.for_region(region), image.digest_uri, sa_email, labels, member
+        )
+        for region in regions
+    }
+    results = deployed_regions(futures, left_out, params.regions)
+    first_region = next(r for r in params.regions if is_deployed(results[r]))
+    first = results[first_region]
+    summary: dict[str, Any] = {
+        "service": first["service"],
+        "uri": first["uri"],
+        "revision": first["revision"],
         "image": image.tag_uri,
         "digest": image.digest,
         "build": f"{built.build_id} ({built.log_url})" if built else NO_BUILD,
-        "actions": actions,
+        "actions": {**actions, **first["actions"]},
         "console": console_links(cloud.project, params),
-        "preflight": checked.summary(),
+        "preflight": reports[first_region].summary(),
+        "regions": results,
     }
-    if smoke:
-        summary["smoke test"] = {k: smoke[k] for k in SMOKE_SUMMARY_KEYS if k in smoke}
+    if "smoke test" in first:
+        summary["smoke test"] = first["smoke test"]
     create_markdown_artifact(
         markdown=_markdown(summary),
         key=f"deploy-{params.service}",
-        description=f"Deploy of {outcome.name}",
+        description=f"Deploy of {params.service} in {', '.join(params.regions)}",
     )
-    get_run_logger().info("Deployed %s at %s (%s)", outcome.name, service.uri, outcome.action)
     return summary

@@ -22,13 +22,26 @@ from tasks.models import (
     SERVICE_ID_PATTERN,
     GoogleCloudTarget,
     ServiceSpec,
+    resolve_regions,
 )
 
 MachineType = Literal["E2_HIGHCPU_32", "E2_HIGHCPU_8", "N1_HIGHCPU_32", "N1_HIGHCPU_8", "E2_MEDIUM"]
 
 
 class DeployParameters(ServiceSpec, GoogleCloudTarget):
-    """Everything ``deploy`` needs; defaults are the tutorial's."""
+    """Everything ``deploy`` needs; defaults are the tutorial's.
+
+    ``regions``: one service per region, all running the one image, built once into the
+    repository in the first region (a Cloud Run service pulls from any region's registry).
+    ``region`` alone is the one-region shorthand; after validation ``regions`` is never empty
+    and ``region`` is its first.
+    """
+
+    regions: list[str] = Field(
+        default_factory=list,
+        description="Cloud Run regions, one service in each (default: [region]); the first also "
+        "holds the Artifact Registry repository",
+    )
 
     repository: str = Field(
         default="ollama", pattern=REPOSITORY_PATTERN, description="Artifact Registry repository"
@@ -80,6 +93,14 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
         "(not labelled managed-by=ollama-cloudrun); refused otherwise",
     )
 
+    @model_validator(mode="after")
+    def _one_or_several_regions(self) -> Self:
+        self.regions = resolve_regions(self.region, self.regions, "region" in self.model_fields_set)
+        self.region = self.regions[0]
+        for region in self.regions[1:]:
+            self.spec_for(region)  # each region's own rules (L4 GPUs): fail before any call
+        return self
+
     @property
     def manages_build_account(self) -> bool:
         """Whether deploy creates the build's account and grants its roles (an id, not an email)."""
@@ -87,7 +108,17 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
 
     @property
     def spec(self) -> ServiceSpec:
+        """The service in the first region."""
         return ServiceSpec(**{k: getattr(self, k) for k in ServiceSpec.model_fields})
+
+    def spec_for(self, region: str) -> ServiceSpec:
+        """The service in ``region`` (validated: ValueError for a region without L4 GPUs)."""
+        return ServiceSpec(**{**self.spec.model_dump(), "region": region})
+
+    def for_region(self, region: str) -> Self:
+        """These parameters for ``region`` alone."""
+        self.spec_for(region)
+        return self.model_copy(update={"region": region, "regions": [region]})
 
     @property
     def context(self) -> Path:
@@ -152,13 +183,21 @@ class TeardownParameters(GoogleCloudTarget):
         "service (then its repository and service account) is deleted",
     )
     regions: list[str] = Field(
-        default_factory=lambda: ["us-central1"], description="sweep: regions to search"
+        default_factory=list,
+        description="regions of the deployment (its first holds the repository), or for the "
+        "sweep the regions to search (default: [region])",
     )
     force: bool = Field(
         default=False,
         description="delete the named service, repository and service account even when this "
         "project did not create them (no managed-by=ollama-cloudrun label); refused otherwise",
     )
+
+    @model_validator(mode="after")
+    def _one_or_several_regions(self) -> Self:
+        self.regions = resolve_regions(self.region, self.regions, "region" in self.model_fields_set)
+        self.region = self.regions[0]
+        return self
 
 
 class CheckParameters(GoogleCloudTarget):
@@ -190,15 +229,19 @@ class PipelineParameters(DeployParameters, BatchSettings):
             {k: getattr(self, k) for k in DeployParameters.model_fields}
         )
 
-    def batch_parameters(self) -> BatchParams:
-        """The batch settings as given, sent to the service this pipeline deploys."""
+    def batch_parameters(self, regions: list[str] | None = None) -> BatchParams:
+        """The batch settings as given, sent to the service this pipeline deploys (in the first
+        of ``regions``, default the first region)."""
+        # TODO(issue 15, item 2): every deployed region's service as a target once the batch
+        # takes several targets (wt-targets); until then the first deployed region's.
+        region = (regions or self.regions or [self.region])[0]
         return BatchParams.model_validate(
             {
                 **{k: getattr(self, k) for k in BatchSettings.model_fields},
                 "target": self.service,
                 "model": self.model,
                 "project": self.project,
-                "region": self.region,
+                "region": region,
                 "credentials_block": self.credentials_block,
             }
         )
@@ -210,6 +253,7 @@ class PipelineParameters(DeployParameters, BatchSettings):
                 "credentials_block": self.credentials_block,
                 "service": self.service,
                 "region": self.region,
+                "regions": self.regions,
                 "repository": self.repository,
                 "service_account_id": self.service_account_id,
                 "build_service_account": self.build_service_account,

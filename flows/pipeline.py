@@ -31,7 +31,7 @@ from prefect.runtime import flow_run as current_run
 from prefect.settings import PREFECT_UI_URL
 
 from flows.batch import batch_inference
-from flows.deploy import deploy
+from flows.deploy import deploy, is_deployed
 from flows.parameters import PipelineParameters
 from flows.teardown import teardown
 from tasks.batch.manifest import BatchManifest
@@ -138,7 +138,10 @@ async def pipeline(params: PipelineParameters) -> dict[str, Any]:
         deployed = await asyncio.to_thread(deploy, params.deploy_parameters())
         result["uri"] = deployed.get("uri")
         result["revision"] = deployed.get("revision")
-        manifest = BatchManifest.model_validate(await batch_inference(params.batch_parameters()))
+        regions = [r for r, done in deployed.get("regions", {}).items() if is_deployed(done)]
+        result["regions"] = {r: done["status"] for r, done in deployed.get("regions", {}).items()}
+        batch = params.batch_parameters(regions)
+        manifest = BatchManifest.model_validate(await batch_inference(batch))
         result["batch"] = {
             "output": manifest.output,
             "manifest": manifest.uri,
@@ -166,6 +169,7 @@ async def _publish_summary(params: PipelineParameters, result: dict[str, Any]) -
     batch = result.get("batch") or {}
     facts = {
         "service": f"{result.get('service')} ({result.get('uri', 'not deployed')})",
+        "regions": result.get("regions", ", ".join(params.regions)),
         "model": result.get("model"),
         "input": params.input,
         "results": batch.get("output", "none"),
@@ -212,7 +216,7 @@ async def teardown_failed_pipeline(pipeline_run_id: UUID) -> dict[str, Any]:
         markdown=f"## Failed pipeline run\n\n| | |\n|---|---|\n"
         f"| pipeline run | {run_link} |\n"
         f"| state | {state_type.value if state_type else '?'} |\n"
-        f"| service | {params.service} ({params.region}) |\n"
+        f"| service | {params.service} ({', '.join(params.regions)}) |\n"
         f"| action | {outcome['action']} |\n",
         key=f"teardown-failed-pipeline-{params.service}",
         description="What the automation did after a failed pipeline run",

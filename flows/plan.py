@@ -1,13 +1,13 @@
 """Flow ``plan``: what ``deploy`` would change, per resource, without changing anything.
 
-For the APIs, the repository, the image (and, when it would be built, the build's service
-account), the runtime service account, the Cloud Run service and its IAM binding: ``create``,
-``update`` (for the service, field by field: the live spec against the declared one, compared as
-``cloud_run.service_fingerprint`` compares them), ``no change`` or ``blocked`` (with why: a
-region without L4 GPUs, a quota too small, a resource this project did not create, Cloud Run
-rejecting the request). The service request itself is sent to Cloud Run with ``validate_only``
-("Indicates that the request should be validated and default values populated, without
-persisting the request or creating any resources", Cloud Run Admin v2
+For the APIs, the repository (in the first region), the image (and, when it would be built, the
+build's service account), the runtime service account, and in each region the Cloud Run service
+and its IAM binding: ``create``, ``update`` (for the service, field by field: the live spec
+against the declared one, compared as ``cloud_run.service_fingerprint`` compares them), ``no
+change`` or ``blocked`` (with why: a region without L4 GPUs, a quota too small, a resource this
+project did not create, Cloud Run rejecting the request). The service request itself is sent to
+Cloud Run with ``validate_only`` ("Indicates that the request should be validated and default
+values populated, without persisting the request or creating any resources", Cloud Run Admin v2
 ``projects.locations.services.create`` / ``patch``,
 https://cloud.google.com/run/docs/reference/rest/v2/projects.locations.services/create).
 Every other call is a read: the emulator's request log shows only GETs and those two.
@@ -210,21 +210,27 @@ def plan_changes(cloud: GoogleCloud, params: DeployParameters) -> list[Change]:
     account, _ = _read(lambda: iam.get_service_account(cloud, email))
     changes.append(Change("service account", email, "no change" if account else "create"))
 
-    desired = cloud_run.build_service(
-        params.spec,
-        image.digest_uri if image is not None else uri,
-        email,
-        managed_labels(params.service, owner_name()),
-    )
     run_enabled = "run.googleapis.com" in enabled
-    service = service_changes(cloud, params, desired, run_enabled)
-    changes.append(service)
     member = params.invoker or caller_member(cloud)
+    for region in params.regions:  # each region's service and binding, against its own quota
+        here = params.for_region(region)
+        image_ref = image.digest_uri if image is not None else uri
+        changes += region_changes(cloud, here, image_ref, member, run_enabled)
+    return changes
+
+
+def region_changes(
+    cloud: GoogleCloud, params: DeployParameters, image: str, member: str, run_enabled: bool
+) -> list[Change]:
+    """The service in ``params.region`` and its IAM binding."""
+    email = iam.service_account_email(cloud.project, params.service_account_id)
+    labels = managed_labels(params.service, owner_name())
+    desired = cloud_run.build_service(params.spec, image, email, labels)
+    service = service_changes(cloud, params, desired, run_enabled)
     exists = service.action in ("update", "no change") or (
         service.action == "blocked" and run_enabled and _exists(cloud, service.name)
     )
-    changes.append(invoker_change(cloud, service.name, member, exists))
-    return changes
+    return [service, invoker_change(cloud, service.name, member, exists)]
 
 
 def build_account_change(cloud: GoogleCloud, params: DeployParameters) -> Change:

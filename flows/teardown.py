@@ -1,10 +1,11 @@
 """Flow ``teardown``: delete what ``deploy`` made; NotFound is success, so it can always run again.
 
-Normal mode deletes one deployment: the service, the repository with its images, the staging
-objects, the runtime service account and the build's (when deploy made it: an id, not an email;
-with its grants on the project and the staging bucket) — in that order, each step independent,
-so a partial deploy is cleaned up too. Each must carry ``managed-by=ollama-cloudrun`` (or the
-service accounts their marker), else nothing is deleted unless ``force``.
+Normal mode deletes one deployment: the service in each of its regions, the repository with its
+images (in the first region, where deploy made it), the staging objects, the runtime service
+account and the build's (when deploy made it: an id, not an email; with its grants on the project
+and the staging bucket) — in that order, each step independent, so a partial deploy is cleaned up
+too. Each must carry ``managed-by=ollama-cloudrun`` (or the service accounts their marker), else
+nothing is deleted unless ``force``.
 
 Sweep mode deletes what is idle, not what is old (tasks/idle.py): a managed service unused for
 ``idle_hours`` (no deploy, smoke test or batch recorded in its ``last-used`` label, no request
@@ -65,10 +66,11 @@ def _read(read: Callable[[], T]) -> T | None:
 def unmanaged_resources(cloud: GoogleCloud, params: TeardownParameters) -> list[str]:
     """The refusal of every named resource that exists without our label (or marker)."""
     refused = []
-    service = cloud_run.service_name(cloud.project, params.region, params.service)
-    found = _read(partial(cloud_run.get_service, cloud, service))
-    if found is not None and not is_managed(found.labels):
-        refused.append(unmanaged_message("Cloud Run service", service, deleting=True))
+    for region in params.regions:
+        service = cloud_run.service_name(cloud.project, region, params.service)
+        found = _read(partial(cloud_run.get_service, cloud, service))
+        if found is not None and not is_managed(found.labels):
+            refused.append(unmanaged_message("Cloud Run service", service, deleting=True))
     get_repo = partial(artifact_registry.get_repository, cloud, params.region, params.repository)
     repo = _read(get_repo)
     if repo is not None and not is_managed(repo.labels):
@@ -147,11 +149,15 @@ def teardown(params: TeardownParameters | None = None) -> list[dict[str, str]]:
         refused = [] if params.force else unmanaged_resources(cloud, params)
         if refused:
             raise UnmanagedResourceError("Teardown refused: " + " ".join(refused))
-        service = cloud_run.service_name(cloud.project, params.region, params.service)
         deployment = {**MANAGED, DEPLOYMENT_LABEL: label_value(params.service)}
         runtime, *builder = _accounts(cloud, params)
         deletions = [
-            cloud_run.delete_service(cloud, service),
+            *(
+                cloud_run.delete_service(
+                    cloud, cloud_run.service_name(cloud.project, region, params.service)
+                )
+                for region in params.regions
+            ),
             artifact_registry.delete_repository(cloud, params.region, params.repository),
             *storage.delete_staging_objects(cloud, deployment, None),
             iam.delete_service_account(cloud, runtime),

@@ -74,6 +74,26 @@ MEMORY_PATTERN = r"^[1-9][0-9]*(Mi|Gi)$"
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*(?::[A-Za-z0-9._-]+)?$"
 
 
+def resolve_regions(region: str, regions: list[str], region_given: bool) -> list[str]:
+    """The regions to act in: ``regions``, or ``[region]`` (the one-region shorthand) when
+    ``regions`` is empty. Both given: ``region`` must be ``regions[0]`` (the first region, which
+    also holds the Artifact Registry repository), else a ``ValueError`` naming both."""
+    if not regions:
+        return [region]
+    bad = [r for r in regions if not re.fullmatch(REGION_PATTERN, r)]
+    if bad:
+        raise ValueError(f"regions: {bad} do not look like regions (like us-central1)")
+    twice = sorted({r for r in regions if regions.count(r) > 1})
+    if twice:
+        raise ValueError(f"regions: {twice} named more than once")
+    if region_given and region != regions[0]:
+        raise ValueError(
+            f"region={region!r} and regions={regions} disagree: region is the one-region "
+            f"shorthand; give regions alone, or region equal to its first ({regions[0]!r})"
+        )
+    return list(regions)
+
+
 def memory_gib(memory: str) -> float:
     """``32Gi`` → 32.0, ``16384Mi`` → 16.0."""
     match = re.fullmatch(MEMORY_PATTERN, memory)

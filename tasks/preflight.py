@@ -9,7 +9,9 @@ in a few seconds and with no side effect:
 4. ``max_instances`` fits the GPU, CPU and memory quotas (Cloud Quotas API ``quotaInfos.get``),
    counting the GPUs other services in the region already hold in the same pool.
 
-Each problem is named with its fix; all are reported at once. A checker that cannot answer (the
+Checks 1 and 4 run per region (``preflight_regions``: GPU quota is per project per region, so
+each region is judged on its own); 2 and 3 once. Each problem is named with its fix; all are
+reported at once. A checker that cannot answer (the
 API is disabled, the caller may not read quotas, a timeout) never blocks a deploy: it logs one
 warning and the check is reported as "not checked". The deploy flow enables the Cloud Quotas and
 Resource Manager APIs first (with the others; both must be enabled for their calls to answer),
@@ -273,33 +275,69 @@ def check_id_token(cloud: GoogleCloud) -> Check:
     return Check("ID token", "passed", "these credentials mint Google ID tokens")
 
 
-def run_checks(
-    cloud: GoogleCloud, spec: ServiceSpec, *, needs_id_token: bool, grants_build_roles: bool = True
-) -> PreflightReport:
-    logger = get_run_logger()
-    checks = [check_region(spec)]
-    checks.append(
+def common_checks(
+    cloud: GoogleCloud, *, needs_id_token: bool, grants_build_roles: bool = True
+) -> list[Check]:
+    """The checks that hold for every region: the ID token and the permissions."""
+    checks = [
         check_id_token(cloud)
         if needs_id_token
         else Check("ID token", "skipped", "no smoke test in this run")
-    )
+    ]
     try:
         required = required_permissions(grants_build_roles)
         checks.append(check_permissions(required, granted_permissions(cloud, required)))
     except CannotCheck as exc:
-        logger.warning("Preflight cannot check permissions (going on): %s", exc)
+        get_run_logger().warning("Preflight cannot check permissions (going on): %s", exc)
         checks.append(Check("permissions", "not checked", str(exc)))
-    quota_error: QuotaExceededError | None = None
-    if spec.gpu and checks[0].outcome == "failed":
-        checks.append(Check("quotas", "skipped", "the region has no L4 GPUs"))
-    else:
-        try:
-            check, quota_error = check_quotas(spec, quota_limits(cloud, spec), cloud.project)
-            checks.append(check)
-        except CannotCheck as exc:
-            logger.warning("Preflight cannot check quotas (going on): %s", exc)
-            checks.append(Check("quotas", "not checked", str(exc)))
-    return PreflightReport(tuple(checks), quota_error)
+    return checks
+
+
+def region_checks(
+    cloud: GoogleCloud, spec: ServiceSpec
+) -> tuple[Check, Check, QuotaExceededError | None]:
+    """The checks of ``spec.region`` alone: it offers L4 GPUs, and its own quotas (GPU quota is
+    per project per region) fit ``max_instances`` beside the services already there."""
+    region = check_region(spec)
+    if spec.gpu and region.outcome == "failed":
+        return region, Check("quotas", "skipped", "the region has no L4 GPUs"), None
+    try:
+        quota, quota_error = check_quotas(spec, quota_limits(cloud, spec), cloud.project)
+    except CannotCheck as exc:
+        get_run_logger().warning("Preflight cannot check quotas (going on): %s", exc)
+        return region, Check("quotas", "not checked", str(exc)), None
+    return region, quota, quota_error
+
+
+def run_checks(
+    cloud: GoogleCloud, spec: ServiceSpec, *, needs_id_token: bool, grants_build_roles: bool = True
+) -> PreflightReport:
+    return run_region_checks(
+        cloud, [spec], needs_id_token=needs_id_token, grants_build_roles=grants_build_roles
+    )[spec.region]
+
+
+def run_region_checks(
+    cloud: GoogleCloud,
+    specs: list[ServiceSpec],
+    *,
+    needs_id_token: bool,
+    grants_build_roles: bool = True,
+) -> dict[str, PreflightReport]:
+    """Each region's report: its own region and quota checks after the common ones (asked once)."""
+    common = common_checks(
+        cloud, needs_id_token=needs_id_token, grants_build_roles=grants_build_roles
+    )
+    reports = {}
+    for spec in specs:
+        region, quota, quota_error = region_checks(cloud, spec)
+        reports[spec.region] = PreflightReport((region, *common, quota), quota_error)
+    return reports
+
+
+def _log(region: str, report: PreflightReport) -> None:
+    for check in report.checks:
+        get_run_logger().info("Preflight %s %s: %s", region, check.name, check.outcome)
 
 
 @task(name="preflight", cache_policy=NO_CACHE)
@@ -313,7 +351,23 @@ def preflight(
     report = run_checks(
         cloud, spec, needs_id_token=needs_id_token, grants_build_roles=grants_build_roles
     )
-    for check in report.checks:
-        get_run_logger().info("Preflight %s: %s", check.name, check.outcome)
+    _log(spec.region, report)
     report.raise_for_problems()
     return report
+
+
+@task(name="preflight-regions", cache_policy=NO_CACHE)
+def preflight_regions(
+    cloud: GoogleCloud,
+    specs: list[ServiceSpec],
+    needs_id_token: bool = True,
+    grants_build_roles: bool = True,
+) -> dict[str, PreflightReport]:
+    """Every region's report, failed ones included (the flow leaves those regions out, and
+    fails, through ``raise_for_problems``, only when every region failed)."""
+    reports = run_region_checks(
+        cloud, specs, needs_id_token=needs_id_token, grants_build_roles=grants_build_roles
+    )
+    for region, report in reports.items():
+        _log(region, report)
+    return reports

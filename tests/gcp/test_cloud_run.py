@@ -220,6 +220,50 @@ def test_gpu_quota_per_project_region_and_pool(run_env: RunEnv) -> None:
     assert other.terminal_condition.state == run_v2.Condition.State.CONDITION_SUCCEEDED
 
 
+def test_regions_keep_their_own_quota_services_and_ingress(run_env: RunEnv) -> None:
+    """Two regions are independent: a GPU quota used up in one blocks nothing in the other; the
+    same service id in each is its own service with its own URL, and deleting one leaves the
+    other serving. Both pull the one image from the first region's registry."""
+    gpu_no_zonal = "NvidiaL4GpuAllocNoZonalRedundancyPerProjectRegion"
+    body = {"region": LOCATION, "quotas": {gpu_no_zonal: 1}}
+    assert httpx.post(f"{run_env.base_url}/_emulator/quotas", json=body).is_success
+    client = run_env.client()
+    service_id = sid()
+    public = policy_pb2.Policy(
+        bindings=[policy_pb2.Binding(role="roles/run.invoker", members=["allUsers"])]
+    )
+    served = {}
+    for region in (LOCATION, "europe-west4"):
+        svc = client.create_service(
+            parent=parent(region), service=gpu_service(max_instances=1), service_id=service_id
+        ).result(timeout=120)
+        assert svc.name == f"{parent(region)}/services/{service_id}"
+        client.set_iam_policy(
+            request=iam_policy_pb2.SetIamPolicyRequest(resource=svc.name, policy=public)
+        )
+        served[region] = svc
+    # us-central1's one GPU is taken; europe-west4 (the default quota) still admits more.
+    with pytest.raises(gexc.BadRequest, match=f"{gpu_no_zonal} requested: 1 allowed: 0"):
+        client.create_service(
+            parent=parent(), service=gpu_service(max_instances=1), service_id=sid()
+        )
+    more = client.create_service(
+        parent=parent("europe-west4"), service=gpu_service(max_instances=2), service_id=sid()
+    ).result(timeout=120)
+    uris = {served[LOCATION].uri, served["europe-west4"].uri, more.uri}
+    assert len(uris) == 3
+    assert [httpx.get(f"{s.uri}/api/tags").status_code for s in served.values()] == [200, 200]
+    assert httpx.get(f"{more.uri}/api/tags").status_code == 403  # private: its own policy
+    assert [s.name for s in client.list_services(parent=parent())] == [served[LOCATION].name]
+
+    client.delete_service(name=served[LOCATION].name).result(timeout=60)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{served[LOCATION].uri}/api/tags")
+    assert httpx.get(f"{served['europe-west4'].uri}/api/tags").status_code == 200
+    client.delete_service(name=served["europe-west4"].name).result(timeout=60)
+    client.delete_service(name=more.name).result(timeout=60)
+
+
 def test_image_missing_from_registry_fails_the_operation(run_env: RunEnv) -> None:
     client = run_env.client()
     missing = f"{IMAGE}:does-not-exist"
