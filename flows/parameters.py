@@ -230,18 +230,18 @@ class PipelineParameters(DeployParameters, BatchSettings):
         )
 
     def batch_parameters(self, regions: list[str] | None = None) -> BatchParams:
-        """The batch settings as given, sent to the service this pipeline deploys (in the first
-        of ``regions``, default the first region)."""
-        # TODO(issue 15, item 2): every deployed region's service as a target once the batch
-        # takes several targets (wt-targets); until then the first deployed region's.
-        region = (regions or self.regions or [self.region])[0]
+        """The batch settings as given, sent to the service this pipeline deploys in each of
+        ``regions`` (default: all its regions): several regions are several targets, sharing the
+        prompts in proportion to their slots (one region: the service name, as before)."""
+        regions = regions or self.regions or [self.region]
+        targets = [f"{region}/{self.service}" for region in regions]
         return BatchParams.model_validate(
             {
                 **{k: getattr(self, k) for k in BatchSettings.model_fields},
-                "target": self.service,
+                "target": self.service if len(regions) == 1 else targets,
                 "model": self.model,
                 "project": self.project,
-                "region": region,
+                "region": regions[0],
                 "credentials_block": self.credentials_block,
             }
         )

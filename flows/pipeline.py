@@ -1,9 +1,11 @@
 """Flow ``pipeline``: the whole job as sub-flows — deploy (with its smoke test) → batch → teardown.
 
 ``deploy`` runs the smoke test as its own sub-flow inside its transaction, so a service that fails
-it after a change is rolled back there. ``teardown`` (when ``teardown`` is true, the default: the
-run owns its service) runs even when a step failed. The run's ``pipeline-<service>`` artifact links
-every sub-flow run and every artifact they made.
+it after a change is rolled back there. With several ``regions`` the batch's targets are the
+service in every region that deployed (the batch shares the prompts in proportion to their
+slots), and teardown removes it from all of them. ``teardown`` (when ``teardown`` is true, the
+default: the run owns its service) runs even when a step failed. The run's
+``pipeline-<service>`` artifact links every sub-flow run and every artifact they made.
 
 ``teardown_failed_pipeline`` is what the automation in prefect.yaml runs when a pipeline run ends
 Failed or Crashed: it reads that run's parameters and, when the run owned its service, runs the

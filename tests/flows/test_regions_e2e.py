@@ -4,7 +4,10 @@ and the sweep leave nothing in any region."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +15,7 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows.deploy import DeployParameters, deploy
+from flows.pipeline import PipelineParameters, pipeline
 from flows.plan import plan
 from flows.teardown import TeardownParameters, teardown
 from tasks import idle, preflight, quotas
@@ -121,4 +125,31 @@ def test_a_region_that_fails_to_deploy_is_rolled_back_and_left_out(
     assert failed.startswith("failed (rolled back)") and "allowed: 2" in failed
     assert _left(emulator_api)["services"] == [f"us-central1/{service_id}"]
     teardown(TeardownParameters(service=service_id, regions=TWO))
+    assert _left(emulator_api) == {"services": [], "repositories": []}
+
+
+def test_pipeline_batches_over_every_region_then_leaves_nothing(
+    emulator_api: EmulatorControl, service_id: str, tmp_path: Path
+) -> None:
+    n = 40
+    lines = [json.dumps({"id": f"p{i}", "prompt": f"Say {i}."}) for i in range(n)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    params = PipelineParameters.model_validate(
+        {
+            "service": service_id,
+            "regions": TWO,
+            "max_instances": 1,
+            "input": str(tmp_path / "in.jsonl"),
+            "output": str(tmp_path / "out"),
+            "run_smoke_test": False,
+        }
+    )
+    result = asyncio.run(pipeline(params))
+    assert result["regions"] == {r: "deployed (created)" for r in TWO}
+    assert result["batch"]["counts"]["succeeded"] == n
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    served = {t["name"]: t["ok"] for t in manifest["targets"]}
+    assert set(served) == {f"{r}/{service_id}" for r in TWO}
+    assert sum(served.values()) == n and min(served.values()) > 0  # both regions answered
+    assert result["teardown"] == "done"
     assert _left(emulator_api) == {"services": [], "repositories": []}

@@ -72,5 +72,8 @@ def test_pipeline_hands_its_regions_on(tmp_path: object) -> None:
     )
     assert params.deploy_parameters().regions == ["europe-west4", "us-central1"]
     assert params.teardown_parameters().regions == ["europe-west4", "us-central1"]
-    assert params.batch_parameters().region == "europe-west4"
-    assert params.batch_parameters(["us-central1"]).region == "us-central1"
+    both = params.batch_parameters()
+    assert both.target == [f"europe-west4/{params.service}", f"us-central1/{params.service}"]
+    assert [t.label for t in both.targets] == both.target
+    one = params.batch_parameters(["us-central1"])  # the regions deployed: one left
+    assert (one.target, one.region) == (params.service, "us-central1")
