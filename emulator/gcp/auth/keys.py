@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 
 from cryptography import x509
@@ -35,6 +36,9 @@ def new_private_key() -> str:
     ).decode()
 
 
+# Cached: loading a private key checks it (tens to hundreds of ms of CPU), and every request
+# through an emulated Cloud Run ingress verifies an ID token against this public key.
+@functools.lru_cache(maxsize=16)
 def public_pem(private_pem: str) -> str:
     key = serialization.load_pem_private_key(private_pem.encode(), password=None)
     return (
