@@ -7,6 +7,10 @@ reconciles (retires superseded error shards) and reports: ``manifest.json`` (wit
 cost of a Cloud Run service, ``tasks.batch.billing``), a summary artifact and the returned
 manifest. Exactly-once rule and layout: ``tasks.batch.outputs``. From a shell:
 ``ollama-cloudrun batch --input ... --output ...``.
+
+With ``workers=N`` (N > 1) the planned shards are split into N ranges, each run as a flow run of
+the ``batch-shard`` deployment (``flows.batch_shard``) on its work pool's workers, under this
+run's lease; their reports are merged into one manifest (``tasks.batch.workers``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ from tasks.batch.steps import (
     scan_existing_output,
 )
 from tasks.batch.stores import ObjectStore, open_store
+from tasks.batch.target import Target
+from tasks.batch.workers import (
+    check_child_deployment,
+    child_rows,
+    count_planned,
+    merge_reports,
+    publish_with_children,
+    read_reports,
+    run_parts,
+    share_of,
+    split_parts,
+)
 from tasks.clients import GoogleCloud, resolve_cloud, storage_client
 from tasks.errors import BatchFailedError
 
@@ -44,9 +60,12 @@ SUMMARY_KEY = "batch-inference-summary"
 @flow(
     name="batch-inference", description="Prompts in Cloud Storage → Ollama on Cloud Run → results."
 )
-async def batch_inference(params: BatchParams) -> dict[str, Any]:
-    """Prompts in Cloud Storage (or local files) → an Ollama service → results, exactly once."""
+async def batch_inference(params: BatchParams, workers: int = 1) -> dict[str, Any]:
+    """Prompts in Cloud Storage (or local files) → an Ollama service → results, exactly once;
+    ``workers`` > 1: the shards split over that many flow runs of ``batch-shard``."""
     clock = RunClock.start()
+    if workers > 1:  # before the lease: a missing deployment or pool costs nothing
+        await check_child_deployment(workers)
 
     # The output first (no overlap with the input, writable, leased), then target and input.
     cloud = resolve_cloud(params.project, params.credentials_block) if params.needs_cloud else None
@@ -56,7 +75,10 @@ async def batch_inference(params: BatchParams) -> dict[str, Any]:
     lease = OutputLease(store, run=clock.token, flow_run_id=flow_run.get_id(), params=params)
     await asyncio.to_thread(lease.acquire)
     try:
-        manifest = await _run(params, store, cloud, gcs, clock)
+        if workers > 1:
+            manifest = await _run_on_workers(params, workers, store, cloud, gcs, clock)
+        else:
+            manifest = await _run(params, store, cloud, gcs, clock)
     finally:
         await asyncio.to_thread(lease.release)
     if params.prices.await_billed and cloud is not None:  # the lease is free meanwhile
@@ -70,10 +92,7 @@ async def _run(
     """Under the output's lease: plan, run the shards, reconcile, report."""
     logger = get_run_logger()
     targets, engine = await connect_targets(params, cloud)
-    for target in targets:  # a batch is a use of each service it sends to (tasks/idle.py)
-        if cloud is not None and target.service and target.region:
-            name = cloud_run.service_name(cloud.project, target.region, target.service)
-            await asyncio.to_thread(cloud_run.record_service_use.fn, cloud, name)
+    await _record_uses(targets, cloud)
     files = await asyncio.to_thread(list_inputs, params.input, gcs, store.base_uri)
     total_bytes = sum(f.size for f in files)
     scan = await asyncio.to_thread(scan_existing_output, store, ledger := IdLedger())
@@ -101,14 +120,69 @@ async def _run(
     retired = await asyncio.to_thread(retire_errors, store, scan.error_shards, ledger)
     ledger.close()
 
-    # Report (the manifest first: a run the failure policy fails has written everything).
     facts = RunFacts(params, targets, store.base_uri, clock, plan, totals, engine, retired)
+    return await _report(params, store, cloud, gcs, facts)
+
+
+async def _run_on_workers(
+    params: BatchParams,
+    workers: int,
+    store: ObjectStore,
+    cloud: GoogleCloud | None,
+    gcs: Any,
+    clock: RunClock,
+) -> BatchManifest:
+    """Under the output's lease: plan, split the shards over child flow runs, wait, merge."""
+    targets, engine = await connect_targets(params, cloud)  # the children send, not this run
+    await engine.aclose()
+    await _record_uses(targets, cloud)
+    files = await asyncio.to_thread(list_inputs, params.input, gcs, store.base_uri)
+    scan = await asyncio.to_thread(scan_existing_output, store, ledger := IdLedger())
+    plan = PlanStats()
+    planned = await asyncio.to_thread(
+        count_planned, plan_shards(files, ledger, plan, **params.plan_options())
+    )
+    parts = split_parts(planned, workers, run=clock.token, parent=flow_run.get_id())
+    get_run_logger().info(f"batch {clock.token}: {planned} shards over {len(parts)} workers")
+    runs = await run_parts(params, parts, share_of(engine.max_limit, len(parts)))
+
+    # Merge (every part completed: run_parts raises otherwise), reconcile, report.
+    reports = await asyncio.to_thread(read_reports, store, parts)
+    totals, merged = merge_reports(reports)
+    retired = await asyncio.to_thread(retire_errors, store, scan.error_shards, ledger)
+    ledger.close()
+    facts = RunFacts(params, targets, store.base_uri, clock, plan, totals, merged, retired)
+    return await _report(params, store, cloud, gcs, facts, child_rows(runs, reports))
+
+
+async def _record_uses(targets: list[Target], cloud: GoogleCloud | None) -> None:
+    """A batch is a use of each service it sends to (tasks/idle.py)."""
+    for target in targets:
+        if cloud is not None and target.service and target.region:
+            name = cloud_run.service_name(cloud.project, target.region, target.service)
+            await asyncio.to_thread(cloud_run.record_service_use.fn, cloud, name)
+
+
+async def _report(
+    params: BatchParams,
+    store: ObjectStore,
+    cloud: GoogleCloud | None,
+    gcs: Any,
+    facts: RunFacts,
+    children: list[dict[str, str]] | None = None,
+) -> BatchManifest:
+    """The manifest and summary artifact first (a run the failure policy fails has written
+    everything), the collected answer set if asked, then the failure policy."""
+    logger, token = get_run_logger(), facts.clock.token
     manifest = build_manifest(facts, flow_run.get_id())
-    await attach_billed(manifest, cloud, store, targets, params.prices)
-    await manifest.publish(store, SUMMARY_KEY)  # manifest.json and the summary artifact
+    await attach_billed(manifest, cloud, store, facts.targets, params.prices)
+    if children is None:
+        await manifest.publish(store, SUMMARY_KEY)  # manifest.json and the summary artifact
+    else:  # the same, with a row linking each child flow run
+        await publish_with_children(manifest, store, SUMMARY_KEY, children)
     counts = manifest.counts
     logger.info(
-        f"batch {clock.token} done in {manifest.timings.duration_s:.1f} s: {counts.succeeded} "
+        f"batch {token} done in {manifest.timings.duration_s:.1f} s: {counts.succeeded} "
         f"succeeded, {counts.failed} failed, {counts.skipped} skipped; manifest {manifest.uri}"
     )
     if params.collect:  # the final answer set, one record per input id (tasks.batch.results)
@@ -117,5 +191,5 @@ async def _run(
         )
         logger.info(f"final answer set: {counts_dict(collected)}")
     if manifest.failure:  # everything is written; the run still ends Failed (failure policy)
-        raise BatchFailedError(f"batch {clock.token}: {manifest.failure}; manifest {manifest.uri}")
+        raise BatchFailedError(f"batch {token}: {manifest.failure}; manifest {manifest.uri}")
     return manifest

@@ -3,9 +3,10 @@
 ``LocalStack`` starts, in order: ``python -m emulator.gcp`` (Google Cloud stand-in; writes an env
 file), ``prefect server start`` (API, UI and the scheduler), the process work pool, the
 deployments from ``prefect.yaml`` (``prefect deploy --all``, which also creates the automation),
-and ``prefect worker start`` with the emulator's env file in its environment, so every flow run it
-starts talks to the emulator. ``stop()`` stops them in reverse order; each child runs in its own
-process group, and the whole group is killed, so nothing is left behind.
+and two ``prefect worker start`` processes (``workers``; a batch with ``workers=2`` runs one part
+on each) with the emulator's env file in their environment, so every flow run talks to the
+emulator. ``stop()`` stops them in reverse order; each child runs in its own process group, and
+the whole group is killed, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class StackConfig:
     register: bool = True
     startup_timeout: float = 240.0
     worker_query_seconds: float = 2.0
+    workers: int = 2  # process workers on the pool (batch_inference(workers=N) spreads over them)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -160,7 +162,7 @@ class LocalStack:
             self.ensure_work_pool()
             if self.config.register:
                 self.register_deployments()
-            self.start_worker()
+            self.start_workers()
         except BaseException:
             self.stop()
             raise
@@ -304,10 +306,13 @@ class LocalStack:
                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             )
 
-    def start_worker(self) -> None:
-        argv = [sys.executable, "-m", "prefect", "worker", "start"]
-        argv += ["--pool", self.config.work_pool, "--type", "process"]
-        self._spawn("prefect-worker", argv, self.flow_env())
+    def start_workers(self) -> None:
+        """``workers`` process workers on the pool, each named and logging to its own file."""
+        for k in range(1, self.config.workers + 1):
+            argv = [sys.executable, "-m", "prefect", "worker", "start"]
+            argv += ["--pool", self.config.work_pool, "--type", "process"]
+            argv += ["--name", f"local-worker-{k}"]
+            self._spawn(f"prefect-worker-{k}", argv, self.flow_env())
 
     def deployment_names(self) -> list[str]:
         """``flow/deployment`` names registered on this stack's server, sorted."""

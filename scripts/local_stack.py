@@ -1,6 +1,6 @@
 """One command for the local operating environment: ``.venv/bin/python scripts/local_stack.py up``.
 
-Starts Prefect's server and UI, the Google Cloud emulator and a process worker, registers the
+Starts Prefect's server and UI, the Google Cloud emulator and two process workers, registers the
 deployments from prefect.yaml (and the automation), prints the UI URL; Ctrl-C stops everything.
 See ``--help`` and deployments/README.md.
 """

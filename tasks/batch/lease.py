@@ -110,6 +110,21 @@ class OutputLease:
                 logger.warning("left the output lease alone: %s", exc)
 
 
+def check_held_by(store: ObjectStore, *, run: str, flow_run_id: str | None) -> None:
+    """A child of a run with ``workers`` (``tasks.batch.workers``) runs under its parent's lease:
+    it never takes the lease, it checks that the parent still holds it (same run and flow run,
+    not expired) before it starts and before each shard it writes; otherwise ``LeaseHeldError``."""
+    current = store.read_versioned(LEASE)
+    uri = store.uri_of(LEASE)
+    if current is None:
+        raise LeaseHeldError(f"the output's lease is gone: parent run {run} no longer holds {uri}")
+    held = _parse(current[0])
+    if held.get("run") != run or held.get("flow_run_id") != flow_run_id:
+        raise LeaseHeldError(f"parent run {run} no longer holds the output: {_describe(held, uri)}")
+    if _expires(held) <= _now():
+        raise LeaseHeldError(f"the lease of parent run {run} expired: {uri}")
+
+
 def _parse(data: bytes) -> dict[str, Any]:
     try:
         held = json.loads(data)

@@ -25,6 +25,7 @@ EXPECTED = {
     # deployment name: (entrypoint, cron or None)
     "redeploy": ("flows/deploy.py:deploy", None),
     "nightly-batch": ("flows/batch.py:batch_inference", "0 2 * * *"),
+    "batch-shard": ("flows/batch_shard.py:batch_shard", None),
     "cleanup-sweep": ("flows/teardown.py:teardown", "30 * * * *"),
     "drift-check": ("flows/check.py:check", "0 6 * * *"),
     "pipeline": ("flows/pipeline.py:pipeline", None),
