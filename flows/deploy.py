@@ -4,14 +4,18 @@ enable APIs → preflight → repository → image (content-hash tag; the build 
 tag exists; built as the build service account, which deploy creates and grants only what a
 build needs unless an email names the user's own) → runtime service account (no roles) →
 Cloud Run service (create, update, or nothing when unchanged) → ``roles/run.invoker`` for the
-caller only → wait until ready → smoke test.
-The service steps run in a Prefect transaction: when a later step fails after a change (the smoke
-test, readiness), the ``deploy-service`` rollback hook restores the previous spec (or deletes the
-service it created) and the run fails.
+caller only → wait until ready → smoke test. A changed service is rolled out as a canary
+(flows/canary.py): its new revision gets no traffic and the tag ``candidate``, is smoke-tested on
+the tag's URL, and only then gets the traffic (``traffic_steps``). The service steps run in a
+Prefect transaction: when a later step fails after a change (the smoke test, readiness), the
+``deploy-service`` rollback hook puts the traffic back on the revisions that served (or deletes
+the service it created), the ``deploy-<service>`` artifact says what serves and why, and the run
+fails.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -22,7 +26,8 @@ from prefect.runtime import deployment, flow_run
 from prefect.transactions import Transaction, transaction
 from pydantic import Field
 
-from flows.parameters import DeployParameters, SmokeTestParameters
+from flows import canary
+from flows.parameters import DeployParameters
 from flows.smoke_test import smoke_test
 from tasks import (
     artifact_registry,
@@ -157,6 +162,54 @@ def _plan_first(params: DeployParameters) -> dict[str, Any] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Deployed:
+    outcome: cloud_run.DeployOutcome
+    service: cloud_run.ReadyService
+    granted: bool
+    smoke: dict[str, object]
+    rollout: dict[str, str]
+
+
+def _deploy_and_test(
+    cloud: GoogleCloud,
+    params: DeployParameters,
+    image_uri: str,
+    service_account: str,
+    labels: dict[str, str],
+    member: str,
+) -> Deployed:
+    """The service steps in one transaction. A failure after a change rolls the service back
+    (``_revert_service_change``), records in the artifact what serves and why, and fails."""
+    outcome: cloud_run.DeployOutcome | None = None
+    name = cloud_run.service_name(cloud.project, params.region, params.service)
+    try:
+        with transaction() as txn:
+            outcome = cloud_run.deploy_service(
+                cloud, params.spec, image_uri, service_account, labels, params.adopt
+            )
+            txn.set("cloud", cloud)
+            txn.set("outcome", outcome)
+            granted = cloud_run.grant_invoker(cloud, outcome.name, member)
+            service = cloud_run.wait_until_ready(cloud, name, params.ready_timeout_seconds)
+            smoke: dict[str, object] = {}
+            rolled: dict[str, str] = {}
+            if outcome.candidate:
+                smoke, rolled = canary.roll_out(cloud, params, outcome)
+            elif params.run_smoke_test:
+                smoke = smoke_test(canary.smoke_parameters(cloud, params))
+    except Exception as exc:
+        record = canary.failed_rollout(cloud, name, outcome, exc)
+        if record is not None:
+            create_markdown_artifact(
+                markdown=_markdown({"service": name, "rollout": record}),
+                key=f"deploy-{params.service}",
+                description=f"Failed deploy of {name}",
+            )
+        raise
+    return Deployed(outcome, service, granted, smoke, rolled)
+
+
 @flow(name="deploy")
 def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     """Deploy (or confirm) the service; returns the summary also stored as ``deploy-<service>``."""
@@ -191,33 +244,18 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
     )
     actions["service account"] = "created" if sa_created else "exists"
 
-    smoke: dict[str, object] = {}
-    with transaction() as txn:
-        outcome = cloud_run.deploy_service(
-            cloud, params.spec, image.digest_uri, sa_email, labels, params.adopt
-        )
-        txn.set("cloud", cloud)
-        txn.set("outcome", outcome)
-        actions["service"] = outcome.action
-        granted = cloud_run.grant_invoker(cloud, outcome.name, member)
-        actions["invoker"] = f"{'granted to' if granted else 'kept for'} {member}"
-        service = cloud_run.wait_until_ready(cloud, outcome.name, params.ready_timeout_seconds)
-        if params.run_smoke_test:
-            smoke = smoke_test(
-                SmokeTestParameters(
-                    project=cloud.project,
-                    credentials_block=params.credentials_block,
-                    service=params.service,
-                    region=params.region,
-                    model=params.model,
-                )
-            )
+    deployed = _deploy_and_test(cloud, params, image.digest_uri, sa_email, labels, member)
+    outcome, service, smoke = deployed.outcome, deployed.service, deployed.smoke
+    actions["service"] = outcome.action
+    actions["invoker"] = f"{'granted to' if deployed.granted else 'kept for'} {member}"
     cloud_run.record_service_use(cloud, outcome.name)  # an unchanged redeploy is a use too
 
     summary: dict[str, Any] = {
         "service": outcome.name,
         "uri": service.uri,
         "revision": service.revision,
+        "rollout": deployed.rollout
+        or {"serving": f"{service.revision} (100 %)", "why": f"service {outcome.action}"},
         "image": image.tag_uri,
         "digest": image.digest,
         "build": f"{built.build_id} ({built.log_url})" if built else NO_BUILD,

@@ -344,7 +344,7 @@ class CloudRunBackend:
         return self._emulator.start_operation(name, deleted, lambda: (deleted, None))
 
     def answered_requests(self, project: str) -> list[AnsweredRequests]:
-        """What each live service's ingresses (service URL and tag URLs) answered, per revision
+        """What each live service's URLs (the service's and its tags') answered, per revision
         (for Cloud Monitoring's request_count)."""
         p = self._project(project)
         found = []
@@ -352,9 +352,10 @@ class CloudRunBackend:
             if rp != p:
                 continue
             by_revision: dict[str, list[tuple[float, int]]] = {}
-            for ingress in record.ingresses():
-                for at, status, revision in list(ingress.answered):
-                    by_revision.setdefault(revision, []).append((at, status))
+            if record.ingress is None:
+                continue
+            for at, status, revision in list(record.ingress.answered):  # tag URLs' too
+                by_revision.setdefault(revision, []).append((at, status))
             found += [
                 AnsweredRequests(loc, sid, rev, sorted(rs)) for rev, rs in by_revision.items()
             ]
@@ -464,7 +465,7 @@ class CloudRunBackend:
                 service.uri = record.ingress.url
                 service.urls = [record.ingress.url]
             for tag, port in data.get("tag_ports", {}).items():
-                record.tags[tag] = self._new_ingress(port)
+                self._revisions.tag_ingress(record, tag, port)
             for saved in data.get("revisions", []):
                 restored = RevisionState(
                     parse_message(run_v2.Revision, saved["revision"]),

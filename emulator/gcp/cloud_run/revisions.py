@@ -261,7 +261,7 @@ class Revisions:
             if tag not in tagged:
                 self.spawn(record.tags.pop(tag).stop)
         for tag, revision in tagged.items():
-            ingress = record.tags.get(tag) or record.tags.setdefault(tag, self._new_ingress(0))
+            ingress = record.tags.get(tag) or self.tag_ingress(record, tag, 0)
             only = target(revision, 100)
             ingress.route_to((only,) if only is not None else ())
             ingress.start()
@@ -270,6 +270,13 @@ class Revisions:
             if state.name not in keep and state.backend is not None:
                 backend, state.backend = state.backend, None
                 self.spawn(self._drain_and_stop, record, state.name, backend)
+
+    def tag_ingress(self, record: ServiceRecord, tag: str, port: int) -> Ingress:
+        """A tag's URL; what it answers counts with the service's (request_count by revision)."""
+        ingress = record.tags[tag] = self._new_ingress(port)
+        if record.ingress is not None:
+            ingress.answered = record.ingress.answered
+        return ingress
 
     def _drain_and_stop(
         self, record: ServiceRecord, revision: str, backend: RunningBackend
