@@ -37,15 +37,20 @@ def _service(name: str) -> run_v2.Service:
 def _requests_by_revision(service_id: str) -> Counter[tuple[str, str]]:
     """(revision, response code) → requests, from Cloud Monitoring's request_count."""
     cloud = clients.resolve_cloud()
-    session, base = clients.monitoring_session(cloud)
     now = dt.datetime.now(dt.UTC)
-    params = {
-        "filter": f'metric.type="run.googleapis.com/request_count" AND '
-        f'resource.labels.service_name="{service_id}"',
-        "interval.startTime": (now - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
-        "interval.endTime": (now + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
-    }
-    body = session.get(f"{base}/v3/projects/{cloud.project}/timeSeries", params=params).json()
+    body = (
+        clients.monitoring_resource(cloud)
+        .projects()
+        .timeSeries()
+        .list(
+            name=f"projects/{cloud.project}",
+            filter=f'metric.type="run.googleapis.com/request_count" AND '
+            f'resource.labels.service_name="{service_id}"',
+            interval_startTime=(now - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+            interval_endTime=(now + dt.timedelta(minutes=1)).isoformat().replace("+00:00", "Z"),
+        )
+        .execute()
+    )
     counts: Counter[tuple[str, str]] = Counter()
     for series in body.get("timeSeries", []):
         key = (
