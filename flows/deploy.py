@@ -7,11 +7,16 @@ roles) → in every region at once (``deploy-region`` tasks): Cloud Run service 
 or nothing when unchanged) → ``roles/run.invoker`` for the caller only → wait until ready →
 smoke test.
 
+A changed service is rolled out as a canary (flows/canary.py): its new revision gets no traffic
+and the tag ``candidate``, is smoke-tested on the tag's URL, and only then gets the traffic
+(``traffic_steps``).
+
 Several regions: the image is built once into the repository in the first region (a Cloud Run
 service pulls from any region's Artifact Registry) and every region's service runs it. Each
 region's service steps run in their own Prefect transaction: when a later step fails after a
-change (the smoke test, readiness), the ``deploy-service`` rollback hook restores that region's
-previous spec (or deletes the service it created). A region that fails its preflight or its
+change (the smoke test, readiness), the ``deploy-service`` rollback hook puts that region's
+traffic back on the revisions that served (or deletes the service it created), and the
+``deploy-<service>`` artifact says what serves and why. A region that fails its preflight or its
 deploy is reported and left out; the run fails only when every region failed.
 """
 
@@ -29,7 +34,8 @@ from prefect.runtime import deployment, flow_run
 from prefect.transactions import Transaction, transaction
 from pydantic import Field
 
-from flows.parameters import DeployParameters, SmokeTestParameters
+from flows import canary
+from flows.parameters import DeployParameters
 from flows.smoke_test import smoke_test
 from tasks import (
     artifact_registry,
@@ -107,6 +113,8 @@ def _cell(value: object) -> str:
 def _markdown(summary: dict[str, Any]) -> str:
     lines = ["## Deploy", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in summary.items() if k != "regions"]
+    if "regions" not in summary:  # a failed region's own record
+        return "\n".join(lines) + "\n"
     lines += ["", "### Regions", "", "| region | status | service URL | smoke test |"]
     lines.append("|---|---|---|---|")
     for region, result in summary["regions"].items():
@@ -210,30 +218,39 @@ def deploy_region(
     labels: dict[str, str],
     member: str,
 ) -> dict[str, Any]:
-    """One region's service (``params`` for that region alone): deploy → invoker → ready → smoke
-    test, in its own transaction, so that a failure after a change undoes this region only."""
-    actions: dict[str, str] = {}
+    """One region's service (``params`` for that region alone): deploy → invoker → ready → canary
+    or smoke test, in its own transaction, so that a failure after a change undoes this region
+    only (``_revert_service_change``), and the artifact records what serves there and why."""
+    outcome: cloud_run.DeployOutcome | None = None
+    name = cloud_run.service_name(cloud.project, params.region, params.service)
     smoke: dict[str, object] = {}
-    with transaction() as txn:
-        outcome = cloud_run.deploy_service(
-            cloud, params.spec, image, service_account, labels, params.adopt
-        )
-        txn.set("cloud", cloud)
-        txn.set("outcome", outcome)
-        actions["service"] = outcome.action
-        granted = cloud_run.grant_invoker(cloud, outcome.name, member)
-        actions["invoker"] = f"{'granted to' if granted else 'kept for'} {member}"
-        service = cloud_run.wait_until_ready(cloud, outcome.name, params.ready_timeout_seconds)
-        if params.run_smoke_test:
-            smoke = smoke_test(
-                SmokeTestParameters(
-                    project=cloud.project,
-                    credentials_block=params.credentials_block,
-                    service=params.service,
-                    region=params.region,
-                    model=params.model,
-                )
+    rolled: dict[str, str] = {}
+    try:
+        with transaction() as txn:
+            outcome = cloud_run.deploy_service(
+                cloud, params.spec, image, service_account, labels, params.adopt
             )
+            txn.set("cloud", cloud)
+            txn.set("outcome", outcome)
+            granted = cloud_run.grant_invoker(cloud, outcome.name, member)
+            service = cloud_run.wait_until_ready(cloud, name, params.ready_timeout_seconds)
+            if outcome.candidate:
+                smoke, rolled = canary.roll_out(cloud, params, outcome)
+            elif params.run_smoke_test:
+                smoke = smoke_test(canary.smoke_parameters(cloud, params))
+    except Exception as exc:
+        record = canary.failed_rollout(cloud, name, outcome, exc)
+        if record is not None:
+            create_markdown_artifact(
+                markdown=_markdown({"service": name, "rollout": record}),
+                key=f"deploy-{params.service}",
+                description=f"Failed deploy of {name}",
+            )
+        raise
+    actions = {
+        "service": outcome.action,
+        "invoker": f"{'granted to' if granted else 'kept for'} {member}",
+    }
     cloud_run.record_service_use(cloud, outcome.name)  # an unchanged redeploy is a use too
     get_run_logger().info("Deployed %s at %s (%s)", outcome.name, service.uri, outcome.action)
     result: dict[str, Any] = {
@@ -241,6 +258,8 @@ def deploy_region(
         "service": outcome.name,
         "uri": service.uri,
         "revision": service.revision,
+        "rollout": rolled
+        or {"serving": f"{service.revision} (100 %)", "why": f"service {outcome.action}"},
         "actions": actions,
     }
     if smoke:
@@ -317,6 +336,7 @@ def deploy(params: DeployParameters | None = None) -> dict[str, Any]:
         "service": first["service"],
         "uri": first["uri"],
         "revision": first["revision"],
+        "rollout": first["rollout"],
         "image": image.tag_uri,
         "digest": image.digest,
         "build": f"{built.build_id} ({built.log_url})" if built else NO_BUILD,

@@ -6,6 +6,7 @@ Deploy's defaults are the values of Google's "Ollama on Cloud Run GPUs" tutorial
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal, Self
 
@@ -92,6 +93,21 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
         description="take over a same-named service or repository this project did not create "
         "(not labelled managed-by=ollama-cloudrun); refused otherwise",
     )
+    traffic_steps: list[int] = Field(
+        default_factory=lambda: [100],
+        description="a changed service's new revision gets no traffic until its smoke test "
+        "passes on its tag URL; then these percents of traffic, one step after another (e.g. "
+        "10 50 100), with a smoke test at each step below 100",
+    )
+
+    @field_validator("traffic_steps")
+    @classmethod
+    def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps):
+            raise ValueError(f"{steps}: percents in 1..100, the last one 100")
+        if any(a >= b for a, b in pairwise(steps)):
+            raise ValueError(f"{steps}: each step above the one before")
+        return steps
 
     @model_validator(mode="after")
     def _one_or_several_regions(self) -> Self:
@@ -148,6 +164,12 @@ class SmokeTestParameters(GoogleCloudTarget):
     num_predict: int = Field(default=32, ge=1, le=4096, description="tokens to generate")
     start_timeout_seconds: float = Field(
         default=300.0, gt=0, description="how long to wait for the first instance (cold start)"
+    )
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="test this URL (a revision tag's) instead of the service's; the ID token's "
+        "audience stays the service URL",
     )
 
 

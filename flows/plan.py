@@ -36,6 +36,7 @@ from tasks import (
     drift,
     iam,
     preflight,
+    rollout,
     service_usage,
     storage,
 )
@@ -109,10 +110,13 @@ def service_changes(
         diff = drift.spec_diff(
             cloud_run.service_fingerprint(existing), cloud_run.service_fingerprint(desired)
         )
-        if not diff:
+        if not diff and rollout.serves_latest(existing):
             return Change("service", name, "no change")
         action: Action = "update"
         details = "; ".join(f"{f}: {_show(live)} → {_show(want)}" for f, live, want in diff)
+        serving = ", ".join(map(str, rollout.serving(existing))) or "nothing"
+        details += f"{'; ' if details else ''}canary: traffic stays on {serving} until the new "
+        details += f"revision passes its smoke test on its tag URL (steps {params.traffic_steps})"
     else:
         action, details = "create", ""
     problem = validate_service(cloud, params, name, desired, existing is not None)

@@ -2,7 +2,7 @@
 
 An ID token with the service's uri as audience (refreshed when it expires) → ``/api/tags`` lists
 the model → a short ``/api/generate`` returns text → a request without a token is refused (403
-or 401).
+or 401). ``url`` tests another URL of the service instead: a revision tag's (the canary).
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ def smoke_test(params: SmokeTestParameters | None = None) -> dict[str, object]:
     service = cloud_run.get_service(cloud, name)
     if service is None or not service.uri:
         raise ConfigurationError(f"Service {name} does not exist or has no uri; deploy it first")
-    uri = service.uri
+    uri = params.url or service.uri
     model = params.model or service.annotations.get(MODEL_ANNOTATION) or "gemma2:9b"
-    auth = GoogleIdTokenAuth(uri, caller_identity(cloud).id_tokens)
+    # The service URL is an audience every URL of the service accepts, its tag URLs too.
+    auth = GoogleIdTokenAuth(service.uri, caller_identity(cloud).id_tokens)
 
     tags = ollama.list_models(uri, auth, params.start_timeout_seconds)
     if not any(m == model or m == f"{model}:latest" for m in tags.models):

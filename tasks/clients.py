@@ -150,6 +150,10 @@ def run_services_client(cloud: GoogleCloud) -> run_v2.ServicesClient:
     return run_v2.ServicesClient(**_gapic_kwargs(cloud))
 
 
+def run_revisions_client(cloud: GoogleCloud) -> run_v2.RevisionsClient:
+    return run_v2.RevisionsClient(**_gapic_kwargs(cloud))
+
+
 def cloud_build_client(cloud: GoogleCloud) -> cloudbuild_v1.CloudBuildClient:
     return cloudbuild_v1.CloudBuildClient(**_gapic_kwargs(cloud))
 

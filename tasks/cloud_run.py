@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import clients, idle, monitoring
+from tasks import clients, idle, monitoring, rollout
 from tasks.clients import GoogleCloud
 from tasks.deletions import Deletion, Outcome, delete_resource, list_or_empty
 from tasks.errors import (
@@ -57,11 +57,16 @@ Action = Literal["created", "updated", "unchanged"]
 
 @dataclass(frozen=True)
 class DeployOutcome:
-    """What ``deploy_service`` did; ``previous`` is the spec before an update (for rollback)."""
+    """What ``deploy_service`` did; ``previous`` is the spec before an update (for rollback).
+
+    An update makes ``candidate``, a revision tagged ``candidate`` with no traffic; ``serving``
+    is where the traffic stays until the flow moves it (tasks/rollout.py)."""
 
     action: Action
     name: str
     previous: run_v2.Service | None
+    candidate: str = ""
+    serving: tuple[rollout.Share, ...] = ()
 
 
 def service_name(project: str, region: str, service: str) -> str:
@@ -170,23 +175,6 @@ def get_iam_policy(cloud: GoogleCloud, name: str) -> policy_pb2.Policy:
         )
 
 
-def restorable(previous: run_v2.Service) -> run_v2.Service:
-    """The user-settable part of a Service as read back, to send it again (rollback)."""
-    return run_v2.Service(
-        name=previous.name,
-        description=previous.description,
-        labels=dict(previous.labels),
-        annotations=dict(previous.annotations),
-        client=previous.client,
-        ingress=previous.ingress,
-        launch_stage=previous.launch_stage,
-        invoker_iam_disabled=previous.invoker_iam_disabled,
-        template=previous.template,
-        traffic=list(previous.traffic),
-        scaling=previous.scaling,
-    )
-
-
 def is_ready(service: run_v2.Service) -> bool:
     return (
         not service.reconciling
@@ -245,7 +233,9 @@ def _send_service(
         existing = get_service(cloud, name)
         if existing is not None and not is_managed(existing.labels) and not adopt:
             raise UnmanagedResourceError(unmanaged_message("Cloud Run service", name))
-        if existing is not None and service_fingerprint(existing) == service_fingerprint(desired):
+        declared = service_fingerprint(desired)
+        same = existing is not None and service_fingerprint(existing) == declared
+        if existing is not None and same and rollout.serves_latest(existing):
             return DeployOutcome("unchanged", name, existing), None
         try:
             if existing is None:
@@ -256,32 +246,57 @@ def _send_service(
                     retry=consistency_retry(cloud),
                 )
                 return DeployOutcome("created", name, None), operation
-            update = run_v2.Service(desired)
-            update.name = name
-            if OWNER_LABEL in existing.labels and is_managed(existing.labels):
-                update.labels[OWNER_LABEL] = existing.labels[OWNER_LABEL]  # the maker stays owner
-            operation = client.update_service(
-                request=run_v2.UpdateServiceRequest(service=update, allow_missing=True),
-                retry=consistency_retry(cloud),
-            )
-            return DeployOutcome("updated", name, existing), operation
+            return _send_candidate(cloud, existing, desired, same)
         except gexc.Conflict:
             continue  # created concurrently: compare again, then update
 
 
+def _send_candidate(
+    cloud: GoogleCloud, existing: run_v2.Service, desired: run_v2.Service, same: bool
+) -> tuple[DeployOutcome, Operation]:
+    """The update as a canary: the new revision named, tagged ``candidate``, no traffic; the
+    revisions serving keep theirs. A same spec whose latest revision is ready but does not serve
+    yet (a rollout that stopped) is tagged again: no new revision."""
+    shares = rollout.serving(existing)
+    latest = existing.latest_created_revision
+    candidate = ""
+    if shares and same and latest and existing.latest_ready_revision == latest:
+        candidate, update = latest, rollout.restorable(existing)
+    else:
+        update = run_v2.Service(desired)
+        update.name = existing.name
+        if OWNER_LABEL in existing.labels and is_managed(existing.labels):
+            update.labels[OWNER_LABEL] = existing.labels[OWNER_LABEL]  # the maker stays owner
+        if shares:  # else nothing serves: no traffic to keep, the new revision takes it all
+            candidate = rollout.new_revision_name(existing.name.rsplit("/", 1)[-1])
+            update.template.revision = candidate
+    if candidate:
+        update.traffic = rollout.candidate_traffic(shares, candidate)
+    operation = clients.run_services_client(cloud).update_service(
+        request=run_v2.UpdateServiceRequest(service=update, allow_missing=True),
+        retry=consistency_retry(cloud),
+    )
+    return DeployOutcome("updated", existing.name, existing, candidate, shares), operation
+
+
 def revert_service(cloud: GoogleCloud, outcome: DeployOutcome) -> str:
-    """Roll a deploy back: delete a service it created, restore the spec it replaced.
+    """Roll a deploy back: delete a service it created; the traffic back where it was (the
+    candidate untagged, no new revision); else restore the spec it replaced.
 
     Returns what it did, for the log.
     """
     if outcome.action == "created":
         delete_service.fn(cloud, outcome.name)
         return "deleted the new service"
+    if outcome.candidate and outcome.serving:
+        rollout.move_traffic.fn(cloud, outcome.name, rollout.pinned(outcome.serving))
+        kept = ", ".join(map(str, outcome.serving))
+        return f"traffic kept on {kept}; the candidate {outcome.candidate} untagged"
     if outcome.action == "updated" and outcome.previous is not None:
         client = clients.run_services_client(cloud)
         with google_errors(f"restore Cloud Run service {outcome.name}"):
             operation = client.update_service(
-                request=run_v2.UpdateServiceRequest(service=restorable(outcome.previous)),
+                request=run_v2.UpdateServiceRequest(service=rollout.restorable(outcome.previous)),
                 retry=transient_retry(cloud),
             )
             operation.result(timeout=OPERATION_TIMEOUT_SECONDS)

@@ -75,6 +75,15 @@ class EmulatorConfig(BaseModel):
     monitoring_sample_seconds: Annotated[
         float, Setting("sampling period of the Cloud Run metrics", runtime=True)
     ] = Field(default=60.0, gt=0)
+    clock_offset_seconds: Annotated[
+        float,
+        Setting(
+            "seconds added to the emulator's clock (timestamps, request counts, operations): "
+            "tests run days of schedules in minutes",
+            flag="--clock-offset",
+            runtime=True,
+        ),
+    ] = 0.0
     storage_url: Annotated[str | None, Setting("fake-gcs-server's URL", flag=None)] = None
 
     model_config = {"extra": "forbid", "validate_assignment": True}

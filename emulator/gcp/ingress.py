@@ -8,8 +8,10 @@ token whose email is not among the members its policy grants run.routes.invoke (
 and the roles that include it: `emulator.gcp.iam.policy`; or allAuthenticatedUsers) → 403; at
 most `max_instances × concurrency` requests in flight, streamed responses counted until their
 last byte → 429 with Cloud Run's text. Accepted requests are
-forwarded, streaming, to the service's current Ollama-compatible backend (503 while none is ready),
-each on one of the instances `cloud_run.instances` accounts for (waiting out a cold start).
+forwarded, streaming, to one of the serving revisions' Ollama-compatible servers, picked by their
+traffic percent (503 while none is ready), each on one of that revision's instances
+`cloud_run.instances` accounts for (waiting out a cold start). A tag URL is an `Ingress` of its
+own whose one route is the tagged revision (sharing the service's instances and request log).
 
 One uvicorn server per service, on its own thread and port; `stop()` closes it.
 
@@ -23,10 +25,11 @@ imitation of a documented Cloud Run answer: what a client sees of a region that 
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -81,6 +84,15 @@ class IngressRules:
     revision: str = ""  # the serving revision, whose instances take the requests
     concurrency: int = 1  # per instance
     instance_based_billing: bool = True
+
+
+@dataclass(frozen=True)
+class Target:
+    """A revision requests may go to: its share of traffic and its server's URL."""
+
+    revision: str
+    percent: int
+    url: str
 
 
 @dataclass(frozen=True)
@@ -198,12 +210,13 @@ class Ingress:
         self.verify = verify
         self.rules = rules
         self.instances = instances  # per-instance accounting (cloud_run.instances)
-        self.backend_url: str | None = None
+        self.targets: tuple[Target, ...] = ()  # replaced as a whole when traffic moves
         self.in_flight = 0
+        self.in_flight_by_revision: Counter[str] = Counter()
         self.served = 0
-        # (time, HTTP status) of every request answered, denials included, as Cloud Run counts
-        # them in run.googleapis.com/request_count; served by emulator/gcp/monitoring.
-        self.answered: deque[tuple[float, int]] = deque(maxlen=REQUEST_LOG_LIMIT)
+        # (time, HTTP status, revision) of every request answered, denials included, as Cloud
+        # Run counts them in run.googleapis.com/request_count; served by emulator/gcp/monitoring.
+        self.answered: deque[tuple[float, int, str]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self._clock = clock
         self.outage: Outage | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -240,6 +253,16 @@ class Ingress:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def route_to(self, targets: tuple[Target, ...]) -> None:
+        self.targets = targets
+
+    def pick(self) -> Target | None:
+        """The revision one request goes to, by traffic percent (None: nothing serves)."""
+        targets = [t for t in self.targets if t.percent > 0]
+        if not targets:
+            return None
+        return random.choices(targets, weights=[t.percent for t in targets])[0]
 
     def start(self) -> None:
         """Serve on the bound port from a daemon thread; returns once the server is up."""
@@ -327,30 +350,33 @@ class Ingress:
         denial = unavailable() if self.outage else check_access(headers, path, rules, self.verify)
         if denial is None and self.in_flight >= rules.max_in_flight:
             denial = no_instance()
-        backend = self.backend_url
-        if denial is None and backend is None:
+        target = self.pick()  # no await from here to the counts: traffic may move meanwhile
+        revision = target.revision if target is not None else ""
+        if denial is None and target is None:
             denial = unavailable()
-        if denial is not None:
-            self.answered.append((self._clock(), denial.status))
-            await _respond(send, denial)
+        if denial is not None or target is None:
+            self.answered.append((self._clock(), denial.status if denial else 503, revision))
+            await _respond(send, denial or unavailable())
             return
         self.in_flight += 1
+        self.in_flight_by_revision[revision] += 1
         status = 503
         pool, instance = self.instances, None
         try:
             if pool is not None:
                 instance, cold_start = pool.acquire(
-                    rules.revision, rules.concurrency, rules.instance_based_billing
+                    revision, rules.concurrency, rules.instance_based_billing
                 )
                 if cold_start > 0:  # a new instance: the request waits for it to start
                     await asyncio.sleep(cold_start)
-            status = await self._forward(scope, receive, send, headers, str(backend), rules)
+            status = await self._forward(scope, receive, send, headers, target.url, rules)
         finally:
             if pool is not None and instance is not None:
                 pool.release(instance)
             self.in_flight -= 1
+            self.in_flight_by_revision[revision] -= 1
             self.served += 1
-            self.answered.append((self._clock(), status))
+            self.answered.append((self._clock(), status, revision))
 
     async def _forward(
         self,

@@ -56,13 +56,18 @@ class Emulator:
     ) -> None:
         self.config = config
         self.signer = signer
-        self.clock = clock
+        self._wall_clock = clock
         self.lock = threading.RLock()
         self._factories = dict(factories)
-        self.operations = Operations(clock)
+        self.operations = Operations(self.clock)
         self.backends: dict[str, Backend] = {}
         self._closed = False
         self._build_backends()
+
+    def clock(self) -> float:
+        """Seconds since the epoch as the emulated APIs see them: the wall clock plus the
+        `clock_offset_seconds` setting (read live, so a test can move time forward)."""
+        return self._wall_clock() + self.config.clock_offset_seconds
 
     def _build_backends(self) -> None:
         for name, factory in self._factories.items():

@@ -12,7 +12,7 @@ from prefect.artifacts import Artifact
 from flows.deploy import DeployParameters, deploy
 from flows.smoke_test import SmokeTestParameters, smoke_test
 from flows.teardown import TeardownParameters, teardown
-from tasks import clients, idle
+from tasks import clients, idle, rollout
 from tasks.errors import QuotaExceededError, SmokeTestError
 from tests.flows.conftest import EmulatorControl
 
@@ -158,21 +158,26 @@ def test_gpu_quota_too_small_then_teardown_partial(
     teardown(TeardownParameters(service=service_id))
 
 
-def test_smoke_test_failure_rolls_back(emulator_api: EmulatorControl, service_id: str) -> None:
+def test_smoke_test_failure_keeps_the_traffic(
+    emulator_api: EmulatorControl, service_id: str
+) -> None:
     params = DeployParameters(service=service_id)
     deploy(params)
     before = _get_service(service_id)
     assert before.template.scaling.max_instance_count == 7
 
-    # Every generation now fails with a 500: the changed deploy must roll back and fail.
+    # Every new revision now fails its generations with a 500: the changed deploy's candidate
+    # fails its smoke test, the traffic never leaves the serving revision, and the run fails.
     emulator_api.configure(sim_env={"OLLAMA_SIM_FAULT_500": "1"})
-    state = deploy(params.model_copy(update={"max_instances": 5}), return_state=True)
+    try:
+        state = deploy(params.model_copy(update={"max_instances": 5}), return_state=True)
+    finally:
+        emulator_api.configure(sim_env={})
     assert state.is_failed()
     after = _get_service(service_id)
-    assert after.template.scaling.max_instance_count == 7
-    assert after.template.containers[0].image == before.template.containers[0].image
-    assert after.generation > before.generation  # the restore is itself a new generation
-    emulator_api.configure(sim_env={})
+    assert rollout.serving(after) == (rollout.Share(before.latest_ready_revision, 100),)
+    assert after.latest_created_revision != before.latest_created_revision  # made, never served
+    assert not [s for s in after.traffic_statuses if s.tag]
     teardown(TeardownParameters(service=service_id))
 
 

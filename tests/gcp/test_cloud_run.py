@@ -434,7 +434,9 @@ def test_service_is_served_behind_the_ingress(run_env: RunEnv) -> None:
 
     # Delete stops the backend and frees the ingress port.
     record = run_env.emulator.cloud_run._services[(PROJECT, LOCATION, service_id)]
-    process = record.backend.server.process
+    process = record.revisions[revised.latest_ready_revision].backend.server.process
+    # The first revision no longer serves: its server was stopped (Cloud Run scales it to zero).
+    assert record.revisions[svc.latest_created_revision].backend is None
     client.delete_service(name=svc.name).result(timeout=60)
     assert process.poll() is not None
     with pytest.raises(httpx.ConnectError):
@@ -504,7 +506,8 @@ def test_ready_service_is_served_again_after_a_restart(tmp_path: Path) -> None:
     second = make()
     try:
         record = second.cloud_run._services[(PROJECT, LOCATION, "restored")]
-        while record.backend is None:
+        revision = record.revisions[record.service.latest_ready_revision]
+        while revision.backend is None:
             assert time.monotonic() < deadline + 60
             time.sleep(0.1)
         svc = second.cloud_run.get_service(PROJECT, LOCATION, "restored")
@@ -516,4 +519,4 @@ def test_ready_service_is_served_again_after_a_restart(tmp_path: Path) -> None:
         assert [m["name"] for m in tags["models"]] == ["gemma2:9b"]
     finally:
         second.close()
-    assert record.backend is not None and record.backend.server.process.poll() is not None
+    assert revision.backend is not None and revision.backend.server.process.poll() is not None

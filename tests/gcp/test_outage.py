@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from emulator.gcp.auth import TokenSigner
-from emulator.gcp.ingress import Ingress, IngressRules
+from emulator.gcp.ingress import Ingress, IngressRules, Target
 from emulator.ollama.launcher import running_ollama_server
 from tests.gcp.conftest import LocalGcp
 
@@ -25,7 +25,7 @@ def ingress() -> Iterator[Ingress]:
     with running_ollama_server(engine="sim", models=["gemma2:9b"], env=env) as backend:
         rules = IngressRules(invoker_iam_disabled=True, max_in_flight=8)
         front = Ingress(TokenSigner.generate().verify_id_token, rules)
-        front.backend_url = backend.base_url
+        front.route_to((Target("r-1", 100, str(backend.base_url)),))
         front.start()
         try:
             yield front

@@ -11,6 +11,7 @@ to `gs://<logsBucket or PROJECT_cloudbuild>/log-<id>.txt`.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -268,7 +269,12 @@ class CloudBuildBackend:
         plan.log.append("PUSH")
         for push in plan.pushes:
             plan.log.append(f"Pushing {push.ref}")
-            metadata = {"model": push.model or "", "buildId": build.id}
+            # The image's config (its Dockerfile's ENV) travels with it, as a pushed image's does.
+            metadata = {
+                "model": push.model or "",
+                "buildId": build.id,
+                "env": json.dumps(push.env or {}, sort_keys=True),
+            }
             try:
                 registry.push_image(
                     push.project,

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from emulator.gcp.cloud_quotas import CloudQuotasBackend
 from emulator.gcp.cloud_run.instances import Instance, InstancePool, Timing
+from emulator.gcp.cloud_run.revision import RevisionState
 from emulator.gcp.cloud_run.revisions import Revisions, ServiceRecord
 from emulator.gcp.cloud_run.serving import Launcher, launch_ollama
 from emulator.gcp.cloud_run.spec import (
@@ -37,7 +38,7 @@ from emulator.gcp.cloud_run.spec import (
     validate_service,
     validate_service_id,
 )
-from emulator.gcp.errors import GoogleApiError, invalid_argument, not_found
+from emulator.gcp.errors import GoogleApiError, failed_precondition, invalid_argument, not_found
 from emulator.gcp.iam.policy import granted_permissions, replace_policy
 from emulator.gcp.ingress import OUTAGES, Ingress, IngressRules
 from emulator.gcp.operations import Outcome, located_operation_name
@@ -80,7 +81,7 @@ class CloudRunBackend:
 
     def __init__(self, emulator: Emulator, launcher: Launcher | None = None) -> None:
         self._emulator = emulator
-        self._revisions = Revisions(emulator, launcher or launch_ollama)
+        self._revisions = Revisions(emulator, launcher or launch_ollama, self._new_ingress)
         self._services: dict[ServiceKey, ServiceRecord] = {}
         self._deleted: list[tuple[ServiceKey, ServiceRecord]] = []  # their billed time stays
 
@@ -269,15 +270,96 @@ class CloudRunBackend:
         name = located_operation_name(project, location)
         return self._emulator.start_operation(name, snapshot, resolve)
 
+    # -- revisions (Cloud Run Admin API v2 projects.locations.services.revisions) ------------
+
+    def _revision(
+        self, project: str, location: str, service_id: str, revision: str
+    ) -> tuple[ServiceRecord, RevisionState]:
+        record = self._record(project, location, service_id)
+        state = record.revisions.get(revision)
+        if state is None:
+            raise not_found(
+                f"Resource '{revision}' of kind 'REVISION' in region '{location}' in project "
+                f"'{project}' does not exist."
+            )
+        return record, state
+
+    def get_revision(
+        self, project: str, location: str, service_id: str, revision: str
+    ) -> run_v2.Revision:
+        return self._revision(project, location, service_id, revision)[1].revision
+
+    def list_revisions(
+        self, project: str, location: str, service_id: str, page_size: int, page_token: str
+    ) -> dict[str, Any]:
+        """Newest first; `-` for the service lists every service's (the API's own wildcard)."""
+        if service_id == "-":
+            p = self._project(project)
+            records = [
+                r for (rp, loc, _), r in self._services.items() if (rp, loc) == (p, location)
+            ]
+        else:
+            records = [self._record(project, location, service_id)]
+        states = [v for r in records for v in r.revisions.values()]
+        states.sort(key=lambda v: (v.revision.create_time, v.name), reverse=True)
+        page, token = lenient_page(states, page_size, page_token)
+        out: dict[str, Any] = {"revisions": [message_to_json(v.revision) for v in page]}
+        if token:
+            out["nextPageToken"] = token
+        return out
+
+    def delete_revision(
+        self,
+        project: str,
+        location: str,
+        service_id: str,
+        revision: str,
+        *,
+        etag: str = "",
+        validate_only: bool = False,
+    ) -> dict[str, Any]:
+        """Cloud Run refuses to delete a revision that can receive requests (some traffic or a
+        tag) or is the service's latest (https://cloud.google.com/run/docs/managing/revisions:
+        only revisions that do not serve traffic are deleted); FAILED_PRECONDITION."""
+        record, state = self._revision(project, location, service_id, revision)
+        if etag and etag != state.revision.etag:
+            raise GoogleApiError(
+                409, "ABORTED", f"etag mismatch: the revision '{revision}' has changed."
+            )
+        routes = [t for t in record.service.traffic_statuses if t.revision == revision]
+        if any(t.percent or t.tag for t in routes):
+            raise failed_precondition(
+                f"Revision '{revision}' cannot be deleted because it is serving traffic or is "
+                "referenced by a traffic tag."
+            )
+        if revision == record.service.latest_created_revision:
+            raise failed_precondition(
+                f"Revision '{revision}' cannot be deleted because it is the latest revision of "
+                f"service '{service_id}'."
+            )
+        name = located_operation_name(project, location)
+        if validate_only:
+            return self._emulator.operations.create_done(name, state.revision, state.revision)
+        deleted = self._revisions.delete_revision(record, revision).revision
+        return self._emulator.start_operation(name, deleted, lambda: (deleted, None))
+
     def answered_requests(self, project: str) -> list[AnsweredRequests]:
-        """What each live service's ingress answered, credited to its serving revision (for
-        Cloud Monitoring's request_count)."""
+        """What each live service's URLs (the service's and its tags') answered, per revision
+        (for Cloud Monitoring's request_count)."""
         p = self._project(project)
-        return [
-            AnsweredRequests(loc, sid, r.service.latest_ready_revision, list(r.ingress.answered))
-            for (rp, loc, sid), r in self._services.items()
-            if rp == p and r.ingress is not None
-        ]
+        found = []
+        for (rp, loc, sid), record in self._services.items():
+            if rp != p:
+                continue
+            by_revision: dict[str, list[tuple[float, int]]] = {}
+            if record.ingress is None:
+                continue
+            for at, status, revision in list(record.ingress.answered):  # tag URLs' too
+                by_revision.setdefault(revision, []).append((at, status))
+            found += [
+                AnsweredRequests(loc, sid, rev, sorted(rs)) for rev, rs in by_revision.items()
+            ]
+        return found
 
     def get_iam_policy(self, project: str, location: str, service_id: str) -> policy_pb2.Policy:
         return self._record(project, location, service_id).policy
@@ -319,8 +401,8 @@ class CloudRunBackend:
                 f"outage must be one of {', '.join(OUTAGES)} or null, got {outage!r}"
             )
         record = self._record(project, location, service_id)
-        if record.ingress is not None:
-            record.ingress.set_outage(outage)
+        for ingress in record.ingresses():  # the service URL and its tag URLs
+            ingress.set_outage(outage)
         return outage
 
     # -- operations ----------------------------------------------------------------------------
@@ -358,6 +440,14 @@ class CloudRunBackend:
                     "service": message_to_json(r.service),
                     "policy": json_format.MessageToDict(r.policy),
                     "port": r.ingress.port if r.ingress is not None else 0,
+                    "tag_ports": {tag: i.port for tag, i in r.tags.items()},
+                    "revisions": [
+                        {
+                            "revision": message_to_json(v.revision),
+                            "template": message_to_json(v.template),
+                        }
+                        for v in r.revisions.values()
+                    ],
                 }
                 for r in self._services.values()
             ]
@@ -374,9 +464,17 @@ class CloudRunBackend:
             if record.ingress.url != service.uri:
                 service.uri = record.ingress.url
                 service.urls = [record.ingress.url]
+            for tag, port in data.get("tag_ports", {}).items():
+                self._revisions.tag_ingress(record, tag, port)
+            for saved in data.get("revisions", []):
+                restored = RevisionState(
+                    parse_message(run_v2.Revision, saved["revision"]),
+                    parse_message(run_v2.RevisionTemplate, saved["template"]),
+                )
+                record.revisions[restored.name] = restored
             self._services[(record.project, record.location, record.service_id)] = record
             if service.latest_ready_revision or service.reconciling:
-                self._revisions.start(record, record.generation)
+                self._revisions.start(record, record.generation, None)
 
     def close(self) -> None:
         self._revisions.close(list(self._services.values()))

@@ -1,7 +1,8 @@
 """Cloud Run Admin API v2 routes, under `/v2/projects/{project}/locations/{location}/services`:
-create, list, get, patch, delete, and the service's getIamPolicy / setIamPolicy /
-testIamPermissions; and the emulator's own `GET /_emulator/cloud_run/instances` (per-instance
-accounting: `instances`).
+create, list, get, patch, delete, the service's getIamPolicy / setIamPolicy /
+testIamPermissions, and its revisions: list, get, delete (discovery document run.v2,
+`projects.locations.services.revisions`; exportStatus is not served); and
+the emulator's own `GET /_emulator/cloud_run/instances` (per-instance accounting: `instances`).
 
 Control (a prefix Google never uses), per service:
   POST /_emulator/outage {"project"?, "location", "service", "outage": "unavailable" | "refused" |
@@ -55,12 +56,11 @@ def get(call: Call) -> run_v2.Service:
 
 
 def list_(call: Call) -> dict[str, Any]:
-    q = call.query
-    size = q.get("pageSize", "0")
-    if not size.lstrip("-").isdigit():
-        raise invalid_argument(f"Invalid value at 'page_size' (TYPE_INT32), \"{size}\"")
     return _backend(call).list_services(
-        call.param("project"), call.param("location"), int(size), q.get("pageToken", "")
+        call.param("project"),
+        call.param("location"),
+        _page_size(call),
+        call.query.get("pageToken", ""),
     )
 
 
@@ -78,6 +78,31 @@ def update(call: Call) -> dict[str, Any]:
 
 def delete(call: Call) -> dict[str, Any]:
     return _backend(call).delete_service(*_ids(call))
+
+
+def _page_size(call: Call) -> int:
+    size = call.query.get("pageSize", "0")
+    if not size.lstrip("-").isdigit():
+        raise invalid_argument(f"Invalid value at 'page_size' (TYPE_INT32), \"{size}\"")
+    return int(size)
+
+
+def get_revision(call: Call) -> run_v2.Revision:
+    return _backend(call).get_revision(*_ids(call), call.param("revision"))
+
+
+def list_revisions(call: Call) -> dict[str, Any]:
+    token = call.query.get("pageToken", "")
+    return _backend(call).list_revisions(*_ids(call), _page_size(call), token)
+
+
+def delete_revision(call: Call) -> dict[str, Any]:
+    return _backend(call).delete_revision(
+        *_ids(call),
+        call.param("revision"),
+        etag=call.query.get("etag", ""),
+        validate_only=_flag(call, "validateOnly"),
+    )
 
 
 def get_iam_policy(call: Call) -> policy_pb2.Policy:
@@ -139,6 +164,9 @@ def routes(emulator: Emulator) -> list[Route]:
         Route("GET", one + ":getIamPolicy", get_iam_policy, SERVICE),
         Route("POST", one + ":setIamPolicy", set_iam_policy, SERVICE),
         Route("POST", one + ":testIamPermissions", test_iam_permissions, SERVICE),
+        Route("GET", one + "/revisions", list_revisions, SERVICE),
+        Route("GET", one + "/revisions/{revision}", get_revision, SERVICE),
+        Route("DELETE", one + "/revisions/{revision}", delete_revision, SERVICE),
         Route("POST", "/_emulator/outage", outage),
         Route("GET", "/_emulator/cloud_run/instances", instances),
     ]

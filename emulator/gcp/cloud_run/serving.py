@@ -5,6 +5,7 @@ loaded it before the revision is ready). `Launcher` is the seam tests replace.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from google.cloud import run_v2
 
 from emulator.gcp.cloud_run.spec import max_instances
 from emulator.gcp.config import EmulatorConfig
+
+SIM_PREFIX = "OLLAMA_SIM_"
 
 
 class RunningBackend(Protocol):
@@ -82,16 +85,32 @@ class LaunchPlan:
     log_path: Path | None
 
 
+def image_env(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The ENV of an image (its Dockerfile's, recorded by the emulated Cloud Build) that the
+    stand-in server takes: its own knobs, `OLLAMA_SIM_*`. The rest describe the real Ollama
+    image (listen address, model store), which the emulator decides."""
+    try:
+        env = json.loads(metadata.get("env") or "{}")
+    except ValueError:
+        return {}
+    return {k: str(v) for k, v in env.items() if k.startswith(SIM_PREFIX)}
+
+
 def launch_plan(
-    config: EmulatorConfig, service: run_v2.Service, model: str, log_name: str
+    config: EmulatorConfig,
+    service: run_v2.Service,
+    image: Mapping[str, str],
+    log_name: str,
 ) -> LaunchPlan:
-    """The server for a revision of `service` whose image bakes in `model` ("" = none): the
-    container's env (but OLLAMA_HOST and PORT, which the emulator decides), and as many parallel
-    slots as Cloud Run would run instances."""
+    """The server for a revision of `service` whose image (its metadata: `model` baked in,
+    `env`) is `image`: as a container starts, the image's ENV under the container's env (but
+    OLLAMA_HOST and PORT, which the emulator decides), and as many parallel slots as Cloud Run
+    would run instances."""
+    model = image.get("model", "")
     models = []
     if model:
         models = [f"{model}={config.stand_in_model}" if config.ollama_engine == "llama" else model]
-    env = {**config.sim_env}
+    env = {**config.sim_env, **image_env(image)}
     for var in service.template.containers[0].env:
         if var.name not in ("OLLAMA_HOST", "PORT"):
             env[var.name] = var.value
