@@ -52,7 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         StackConfig(state_dir=state_dir, port=0, engine="sim", startup_timeout=300)
     ) as started:
         groups = started.process_groups()
-        assert len(groups) == 3  # emulator, server, worker
+        assert len(groups) == 4  # emulator, server, two process workers (local/stack.py)
         yield started
     left = [pgid for pgid in groups if group_alive(pgid)]
     assert not left, f"processes left running in groups {left}"
