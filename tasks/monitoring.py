@@ -58,12 +58,7 @@ def count_requests(
     points, summed here)."""
     query = _query(cloud, REQUEST_COUNT, region, service, start, end)
     with google_errors(f"read the request count of Cloud Run service {service}"):
-        return sum(
-            p.value.int64_value
-            for page in _pages(cloud, query)
-            for s in page.time_series
-            for p in s.points
-        )
+        return int(_sum_points(cloud, query, "int64_value"))
 
 
 def billable_instance_seconds(
@@ -82,12 +77,17 @@ def billable_instance_seconds(
         "aggregation_groupByFields": ["resource.labels.service_name"],
     }
     with google_errors(f"read the billable instance time of Cloud Run service {service}"):
-        return sum(
-            p.value.double_value
-            for page in _pages(cloud, query)
-            for s in page.time_series
-            for p in s.points
-        )
+        return float(_sum_points(cloud, query, "double_value"))
+
+
+def _sum_points(cloud: GoogleCloud, query: dict[str, Any], value_field: str) -> Any:
+    """Every point of every series on every page, summed (``value_field``: the TypedValue's)."""
+    return sum(
+        getattr(p.value, value_field)
+        for page in _pages(cloud, query)
+        for s in page.time_series
+        for p in s.points
+    )
 
 
 def _pages(
