@@ -26,11 +26,22 @@ os.environ.update(
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
-    """One `prefect_test_harness` per session (~11 s); yields PREFECT_API_URL for subprocesses."""
-    from prefect.settings import PREFECT_API_URL
+    """One `prefect_test_harness` per session (~11 s); yields PREFECT_API_URL for subprocesses.
+
+    Flow-run heartbeats are off for the flows tests run in process: Prefect's sync engine joins
+    its heartbeat thread at the end of every flow run, and that thread sleeps in whole seconds,
+    so each run ended up to 1 s late (0.8 s a run measured on 2 loaded cores; a sweep test runs
+    ~90). Heartbeats only let the server mark a silent run Crashed; no test is about them.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    no_heartbeats = temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with prefect_test_harness(server_startup_timeout=180), no_heartbeats:
         url = PREFECT_API_URL.value()
         assert url, "prefect_test_harness did not set PREFECT_API_URL"
         os.environ["PREFECT_API_URL"] = url
