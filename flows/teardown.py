@@ -49,6 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENT_FILES = (ROOT / "prefect.yaml", ROOT / "deployments" / "prefect.gcp.yaml")
 DEFAULT_SERVICE = str(ServiceSpec.model_fields["service"].default)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+# libyaml's safe loader when PyYAML has it: 10x faster than the pure-Python one (every sweep
+# reads both deployment files), same documents.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _read(read: Callable[[], T]) -> T | None:
@@ -97,7 +100,7 @@ def protected_services(paths: tuple[Path, ...] = DEPLOYMENT_FILES) -> frozenset[
     for path in paths:
         if not path.is_file():
             continue
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER) or {}
         for deployment in document.get("deployments") or []:
             params = (deployment.get("parameters") or {}).get("params") or {}
             entrypoint = str(deployment.get("entrypoint", ""))
