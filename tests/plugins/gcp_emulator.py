@@ -1,7 +1,8 @@
 """Fixtures that start `emulator.gcp` for tests.
 
-- `gcp_emulator` (session): one `python -m emulator.gcp` subprocess (sim engine, tmp state dir);
-  yields the `GcpEmulatorProcess` (`.base_url`, `.env`, `.env_file`, `.stop()`).
+- `gcp_emulator` (session): one `python -m emulator.gcp` subprocess (sim engine, 0.5 s
+  builds, tmp state dir); yields the `GcpEmulatorProcess` (`.base_url`, `.env`, `.env_file`,
+  `.stop()`).
 - `gcp_env` (function): os.environ patched with the emulator's env file; afterwards the emulator
   is reset (`POST /_emulator/reset`) and its run-time config restored. Note: google-auth reads
   `GCE_METADATA_HOST` at import time, so metadata-server tests need a subprocess.
@@ -21,7 +22,10 @@ from emulator.gcp import GcpEmulatorProcess, running_gcp_emulator
 @pytest.fixture(scope="session")
 def gcp_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcpEmulatorProcess]:
     state_dir = tmp_path_factory.mktemp("gcp-emulator")
-    with running_gcp_emulator(state_dir, ollama_engine="sim") as emu:
+    # Builds take 0.5 s instead of the emulator's 2 s: still running when deploy's build task
+    # first polls (tasks/cloud_build.py polls every second), but ~20 deploys that build in the
+    # session no longer wait the extra seconds. Tests about build timing configure their own.
+    with running_gcp_emulator(state_dir, ollama_engine="sim", build_seconds=0.5) as emu:
         yield emu
 
 
