@@ -82,7 +82,7 @@ def _wait_final(stack: LocalStack, run_id: str) -> dict[str, Any]:
         run = _api(stack, "GET", f"/flow_runs/{run_id}")
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return run
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"flow run {run_id} not final after {RUN_TIMEOUT} s: {run.get('state')}")
 
 
@@ -104,6 +104,8 @@ def test_quick_run_of_the_redeploy_deployment_completes_and_shows_its_artifacts(
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(UI_TIMEOUT_MS)
+            # expect()'s own default is 5 s: on loaded cores the deployments list took longer.
+            expect.set_options(timeout=UI_TIMEOUT_MS)
 
             # 1. The UI lists the deployments.
             page.goto(f"{stack.ui_url}/deployments", wait_until="domcontentloaded")
