@@ -8,7 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.plugins.ollama_server", "tests.plugins.gcp_emulator"]
+pytest_plugins = [
+    "tests.plugins.ollama_server",
+    "tests.plugins.gcp_emulator",
+    "tests.plugins.local_stack",
+]
 
 # Quiet, sandboxed Prefect: an accidental temporary server never touches ~/.prefect.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="prefect-home-")

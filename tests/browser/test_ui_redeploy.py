@@ -2,23 +2,23 @@
 
 Playwright drives Debian's chromium (never `playwright install`: it downloads a browser). The
 stack is the one `scripts/local_stack.py up` starts: Prefect's server and UI on a free port,
-emulator.gcp with the sim engine, a process worker, the deployments from prefect.yaml.
-Screenshots of every step go to a tmp dir (printed; kept by pytest's tmp_path retention).
+emulator.gcp with the sim engine, two process workers, the deployments from prefect.yaml — the
+session's `local_stack` (tests/plugins/local_stack.py), which tests/prefect/test_local_stack.py
+then stops with Ctrl-C. Screenshots of every step go to a tmp dir (printed; kept by pytest's
+tmp_path retention).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from local.stack import LocalStack, StackConfig, running_stack
-from tasks.processes import group_alive
+from tests.plugins.local_stack import SharedStack, UpProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -45,36 +45,32 @@ def _require_chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(local_stack: SharedStack) -> UpProcess:
+    """The running stack; that its Ctrl-C leaves no process is checked where it is stopped."""
     _require_chromium()
-    state_dir = tmp_path_factory.mktemp("local-stack")
-    with running_stack(
-        StackConfig(state_dir=state_dir, port=0, engine="sim", startup_timeout=300)
-    ) as started:
-        groups = started.process_groups()
-        assert len(groups) == 4  # emulator, server, two process workers (local/stack.py)
-        yield started
-    left = [pgid for pgid in groups if group_alive(pgid)]
-    assert not left, f"processes left running in groups {left}"
+    started = local_stack.running()
+    groups = started.process_groups()
+    assert len(groups) == 4, groups  # emulator, server, two process workers (local/stack.py)
+    return started
 
 
-def _api(stack: LocalStack, method: str, path: str, **kwargs: Any) -> Any:
+def _api(stack: UpProcess, method: str, path: str, **kwargs: Any) -> Any:
     response = httpx.request(method, f"{stack.api_url}{path}", timeout=60, **kwargs)
     response.raise_for_status()
     return response.json()
 
 
-def _deployment_id(stack: LocalStack, flow: str, name: str) -> str:
+def _deployment_id(stack: UpProcess, flow: str, name: str) -> str:
     return str(_api(stack, "GET", f"/deployments/name/{flow}/{name}")["id"])
 
 
-def _runs_of(stack: LocalStack, deployment_id: str) -> list[dict[str, Any]]:
+def _runs_of(stack: UpProcess, deployment_id: str) -> list[dict[str, Any]]:
     body = {"deployments": {"id": {"any_": [deployment_id]}}}
     runs: list[dict[str, Any]] = _api(stack, "POST", "/flow_runs/filter", json=body)
     return runs
 
 
-def _wait_final(stack: LocalStack, run_id: str) -> dict[str, Any]:
+def _wait_final(stack: UpProcess, run_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + RUN_TIMEOUT
     run: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -87,7 +83,7 @@ def _wait_final(stack: LocalStack, run_id: str) -> dict[str, Any]:
 
 
 def test_quick_run_of_the_redeploy_deployment_completes_and_shows_its_artifacts(
-    stack: LocalStack, tmp_path: Path
+    stack: UpProcess, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from local.stack import StackError, read_env_file
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.plugins.local_stack import SharedStack, processes_of
 
 
 def test_env_file_lines(tmp_path: Path) -> None:
@@ -26,53 +20,16 @@ def test_env_file_lines(tmp_path: Path) -> None:
         read_env_file(path)
 
 
-def _processes_of(state_dir: Path) -> list[int]:
-    """Pids whose environment or command line names this stack's state dir."""
-    marker = str(state_dir).encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            blob = (proc / "environ").read_bytes() + (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in blob:
-            found.append(int(proc.name))
-    return found
-
-
 @pytest.mark.slow
-def test_up_serves_the_ui_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
-    state_dir = tmp_path / "stack"
-    command = [sys.executable, "scripts/local_stack.py", "up", "--port", "0"]
-    command += ["--state-dir", str(state_dir), "--no-register"]
-    up = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output: list[str] = []
-    try:
-        assert up.stdout is not None
-        deadline = time.monotonic() + 300
-        ui_url = ""
-        for line in up.stdout:
-            output.append(line)
-            if line.startswith("Prefect UI:"):
-                ui_url = line.split()[-1]
-            if "Press Ctrl-C" in line or time.monotonic() > deadline:
-                break
-        assert ui_url, "".join(output)
-        page = httpx.get(f"{ui_url}/deployments", headers={"Accept": "text/html"}, timeout=30)
-        assert page.status_code == 200 and "<html" in page.text.lower()
-        assert httpx.get(f"{ui_url}/api/health", timeout=30).json() is True
-        assert len(_processes_of(state_dir)) >= 3  # emulator, server, worker (+ their children)
+def test_up_serves_the_ui_and_ctrl_c_leaves_no_process(local_stack: SharedStack) -> None:
+    # The session's `up` (tests/plugins/local_stack.py), started here unless the browser test
+    # already did: `scripts/local_stack.py up --port 0 --state-dir DIR`, read until "Press Ctrl-C".
+    up = local_stack.running()
+    page = httpx.get(f"{up.ui_url}/deployments", headers={"Accept": "text/html"}, timeout=30)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert httpx.get(f"{up.ui_url}/api/health", timeout=30).json() is True
+    assert len(processes_of(up.state_dir)) >= 3  # emulator, server, worker (+ their children)
 
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=120) == 0
-        output.append(up.stdout.read())
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(timeout=30)
-    assert "Stopped: no process left running." in "".join(output)
-    assert _processes_of(state_dir) == []
+    assert local_stack.interrupt() == 0  # Ctrl-C
+    assert "Stopped: no process left running." in up.text()
+    assert processes_of(up.state_dir) == []
