@@ -47,6 +47,17 @@ def _at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
+def utc_now() -> dt.datetime:
+    """Now. Tests replace it, together with ``sleep``, to let an idle tail pass on their own
+    clock (the emulator's Cloud Run follows its ``clock_offset_seconds``) instead of waiting."""
+    return dt.datetime.now(dt.UTC)
+
+
+async def sleep(seconds: float) -> None:
+    """``await_billed``'s wait for the idle tail and the metrics delay (see ``utc_now``)."""
+    await asyncio.sleep(seconds)
+
+
 def billing_window(
     *,
     run: str,
@@ -83,7 +94,7 @@ def read_billed(
 ) -> BilledCost:
     """``billed`` read from Cloud Monitoring now: final once ``final_after`` has passed. A read
     that fails leaves the figure as it was, ``unavailable`` if there was none, and says why."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utc_now()
     final_after = _at(billed.final_after)
     end = min(now, final_after)
     try:
@@ -158,7 +169,7 @@ def bill_run(cloud: GoogleCloud, billed: BilledCost, store: ObjectStore) -> Bill
 def finalize_billed(cloud: GoogleCloud, store: ObjectStore) -> list[BilledCost]:
     """Every ``billing/<run>.json`` still provisional whose ``final_after`` has passed, read
     again and written final (the next run on an output does this for the earlier ones)."""
-    now = dt.datetime.now(dt.UTC)
+    now = utc_now()
     done = []
     for info in store.list(BILLING_PREFIX):
         try:
@@ -217,9 +228,9 @@ async def await_final_billed(
     if not pending:
         return
     last = max(_at(b.final_after) for b in pending)
-    wait = max(0.0, (last - dt.datetime.now(dt.UTC)).total_seconds())
+    wait = max(0.0, (last - utc_now()).total_seconds())
     logger.info(f"waiting {wait:.0f} s for the final billed cost of {manifest.run}")
-    await asyncio.sleep(wait + 0.05)
+    await sleep(wait + 0.05)
     final = []
     for billed in manifest.cost.billed:
         if billed.status != "final":
