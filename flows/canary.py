@@ -25,6 +25,7 @@ def smoke_parameters(
         region=params.region,
         model=params.model,
         url=url,
+        invoker_propagation_timeout_seconds=params.invoker_propagation_timeout_seconds,
     )
 
 

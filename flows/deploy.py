@@ -227,8 +227,9 @@ def deploy_region(
     rolled: dict[str, str] = {}
     try:
         with transaction() as txn:
+            sa_wait = params.service_account_propagation_timeout_seconds  # a new one: 403 actAs
             outcome = cloud_run.deploy_service(
-                cloud, params.spec, image, service_account, labels, params.adopt
+                cloud, params.spec, image, service_account, labels, params.adopt, sa_wait
             )
             txn.set("cloud", cloud)
             txn.set("outcome", outcome)

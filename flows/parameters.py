@@ -18,8 +18,11 @@ from tasks.models import (
     BUILD_ACCOUNT_HELP,
     BUILD_ACCOUNT_PATTERN,
     IMAGE_NAME_PATTERN,
+    INVOKER_PROPAGATION_HELP,
+    INVOKER_PROPAGATION_TIMEOUT_SECONDS,
     REGION_PATTERN,
     REPOSITORY_PATTERN,
+    SERVICE_ACCOUNT_PROPAGATION_TIMEOUT_SECONDS,
     SERVICE_ID_PATTERN,
     GoogleCloudTarget,
     ServiceSpec,
@@ -99,6 +102,18 @@ class DeployParameters(ServiceSpec, GoogleCloudTarget):
         "passes on its tag URL; then these percents of traffic, one step after another (e.g. "
         "10 50 100), with a smoke test at each step below 100",
     )
+    service_account_propagation_timeout_seconds: float = Field(
+        default=SERVICE_ACCOUNT_PROPAGATION_TIMEOUT_SECONDS,
+        ge=0,
+        le=3600,
+        description="how long Cloud Run's 403 actAs for a new runtime service account is retried",
+    )
+    invoker_propagation_timeout_seconds: float = Field(
+        default=INVOKER_PROPAGATION_TIMEOUT_SECONDS,
+        ge=0,
+        le=3600,
+        description=INVOKER_PROPAGATION_HELP,
+    )
 
     @field_validator("traffic_steps")
     @classmethod
@@ -170,6 +185,12 @@ class SmokeTestParameters(GoogleCloudTarget):
         pattern=r"^https?://[^\s]+$",
         description="test this URL (a revision tag's) instead of the service's; the ID token's "
         "audience stays the service URL",
+    )
+    invoker_propagation_timeout_seconds: float = Field(
+        default=INVOKER_PROPAGATION_TIMEOUT_SECONDS,
+        ge=0,
+        le=3600,
+        description=INVOKER_PROPAGATION_HELP,
     )
 
 
@@ -265,6 +286,7 @@ class PipelineParameters(DeployParameters, BatchSettings):
                 "project": self.project,
                 "region": regions[0],
                 "credentials_block": self.credentials_block,
+                "invoker_propagation_timeout_seconds": self.invoker_propagation_timeout_seconds,
             }
         )
 

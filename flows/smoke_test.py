@@ -1,6 +1,7 @@
 """Flow ``smoke_test``: prove a private Ollama service on Cloud Run answers, and time it.
 
-An ID token with the service's uri as audience (refreshed when it expires) → ``/api/tags`` lists
+An ID token with the service's uri as audience (refreshed when it expires) → the service stops
+answering 403 to it (a new invoker binding propagates: minutes on Google) → ``/api/tags`` lists
 the model → a short ``/api/generate`` returns text → a request without a token is refused (403
 or 401). ``url`` tests another URL of the service instead: a revision tag's (the canary).
 """
@@ -11,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.parameters import SmokeTestParameters
-from tasks import cloud_run, ollama
+from tasks import cloud_run, ollama, propagation
 from tasks.clients import caller_identity, resolve_cloud
 from tasks.errors import ConfigurationError, SmokeTestError
 from tasks.id_tokens import GoogleIdTokenAuth
@@ -35,8 +36,12 @@ def smoke_test(params: SmokeTestParameters | None = None) -> dict[str, object]:
         raise ConfigurationError(f"Service {name} does not exist or has no uri; deploy it first")
     uri = params.url or service.uri
     model = params.model or service.annotations.get(MODEL_ANNOTATION) or "gemma2:9b"
+    caller = caller_identity(cloud)
     # The service URL is an audience every URL of the service accepts, its tag URLs too.
-    auth = GoogleIdTokenAuth(service.uri, caller_identity(cloud).id_tokens)
+    auth = GoogleIdTokenAuth(service.uri, caller.id_tokens)
+    waited = propagation.wait_for_invoker(
+        uri, auth, caller.member, name, params.invoker_propagation_timeout_seconds
+    )
 
     tags = ollama.list_models(uri, auth, params.start_timeout_seconds)
     if not any(m == model or m == f"{model}:latest" for m in tags.models):
@@ -49,6 +54,7 @@ def smoke_test(params: SmokeTestParameters | None = None) -> dict[str, object]:
         "uri": uri,
         "model": model,
         "models listed": ", ".join(tags.models),
+        "invoker propagation (s)": round(waited, 1),
         "cold start (s)": round(tags.seconds, 3),
         "first token (s)": round(sample.first_token_seconds, 3),
         "generation (s)": round(sample.total_seconds, 3),

@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import clients, idle, monitoring, rollout
+from tasks import clients, iam, idle, monitoring, rollout
 from tasks.clients import GoogleCloud
 from tasks.deletions import Deletion, Outcome, delete_resource, list_or_empty
 from tasks.errors import (
@@ -44,9 +44,13 @@ from tasks.models import (
     is_managed,
     unmanaged_message,
 )
+from tasks.propagation import (
+    INVOKER_ROLE,
+    SERVICE_ACCOUNT_PROPAGATION_TIMEOUT_SECONDS,
+    retry_act_as,
+)
 from tasks.retries import consistency_retry, transient_retry
 
-INVOKER_ROLE = "roles/run.invoker"
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 OPERATION_TIMEOUT_SECONDS = 1800.0
 POLL_INTERVAL_SECONDS = 1.0
@@ -202,18 +206,25 @@ def deploy_service(
     service_account: str,
     labels: dict[str, str],
     adopt: bool = False,
+    account_propagation_seconds: float = SERVICE_ACCOUNT_PROPAGATION_TIMEOUT_SECONDS,
 ) -> DeployOutcome:
     """Create the service, or update it when its spec differs; do nothing when it is equal.
 
     A same-named service without ``managed-by=ollama-cloudrun`` is refused (nothing sent) unless
-    ``adopt``: then it is labelled as ours and updated. A revision that fails (quota while
-    reconciling, crash on start) is undone before the error is raised: a new service deleted, a
-    replaced spec restored.
+    ``adopt``: then it is labelled as ours and updated. Cloud Run's 403 actAs for a runtime
+    account younger than ``account_propagation_seconds`` is retried (``tasks.propagation``). A
+    revision that fails (quota while reconciling, crash on start) is undone before the error is
+    raised: a new service deleted, a replaced spec restored.
     """
     desired = build_service(spec, image, service_account, labels)
     name = service_name(cloud.project, spec.region, spec.service)
     with google_errors(f"deploy Cloud Run service {name}", requested=spec.max_instances):
-        outcome, operation = _send_service(cloud, spec, name, desired, adopt)
+        outcome, operation = retry_act_as(
+            partial(_send_service, cloud, spec, name, desired, adopt),
+            service_account,
+            partial(iam.account_created_at, cloud, service_account),
+            account_propagation_seconds,
+        )
         if operation is not None:
             try:
                 operation.result(timeout=OPERATION_TIMEOUT_SECONDS)

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import clients
 from tasks.clients import GoogleCloud
 from tasks.deletions import Deletion, delete_resource, list_or_empty
-from tasks.errors import google_errors
+from tasks.errors import OllamaCloudRunError, google_errors
 from tasks.models import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from tasks.retries import consistency_retry, transient_retry
 
@@ -101,6 +101,16 @@ def get_service_account(cloud: GoogleCloud, email: str) -> ServiceAccount:
             cloud, "GET", f"/v1/projects/{cloud.project}/serviceAccounts/{email}"
         )
     return ServiceAccount.from_json(response.json())
+
+
+def account_created_at(cloud: GoogleCloud, email: str) -> float | None:
+    """When a service account this project manages was created (its marker), as a POSIX time;
+    None for an account without the marker or one IAM cannot show."""
+    try:
+        created = marker_created(get_service_account(cloud, email))
+    except (gexc.GoogleAPICallError, OllamaCloudRunError):
+        return None
+    return created.timestamp() if created is not None else None
 
 
 @task(name="ensure-service-account", cache_policy=NO_CACHE)

@@ -56,6 +56,16 @@ def l4_region_problem(region: str) -> str | None:
     return f"region {region} has no Cloud Run L4 GPUs; the regions that have them: {offered}"
 
 
+# How long Google's eventual consistency is waited out (tasks.propagation): a new IAM binding
+# "typically" takes 2 minutes, "could potentially take 7 minutes or longer"; a new service account
+# a minute or two before Cloud Run may run as it.
+INVOKER_PROPAGATION_TIMEOUT_SECONDS = 600.0
+SERVICE_ACCOUNT_PROPAGATION_TIMEOUT_SECONDS = 180.0
+INVOKER_PROPAGATION_HELP = (
+    "how long a 403 from the Cloud Run service to the caller's ID token is taken for a new "
+    "run.invoker binding still propagating (Google: typically 2, up to 7 minutes)"
+)
+
 SERVICE_ID_PATTERN = r"^[a-z](?:[-a-z0-9]{0,47}[a-z0-9])?$"
 REGION_PATTERN = r"^[a-z]+-[a-z]+[0-9]+$"
 PROJECT_PATTERN = r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$"

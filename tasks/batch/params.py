@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tasks.batch.cost import PriceAssumptions
 from tasks.batch.target_refs import TargetRef, parse_targets, split_targets
+from tasks.models import INVOKER_PROPAGATION_HELP, INVOKER_PROPAGATION_TIMEOUT_SECONDS
 
 
 class EngineSettings(BaseModel):
@@ -205,6 +206,12 @@ class BatchParams(BatchSettings):
     id_token: Literal["auto", "always", "never"] = Field(
         "auto",
         description="Send Google ID tokens: auto = for Cloud Run services and *.run.app URLs.",
+    )
+    invoker_propagation_timeout_seconds: float = Field(
+        INVOKER_PROPAGATION_TIMEOUT_SECONDS,
+        ge=0,
+        le=3600,
+        description=INVOKER_PROPAGATION_HELP[:1].upper() + INVOKER_PROPAGATION_HELP[1:] + ".",
     )
 
     @field_validator("target")

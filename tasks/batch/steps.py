@@ -29,6 +29,7 @@ from tasks.batch.target_refs import URL_DEFAULT_SLOTS, TargetRef
 from tasks.clients import GoogleCloud, caller_identity, credentials_identity
 from tasks.errors import ConfigurationError
 from tasks.id_tokens import GoogleIdTokenAuth
+from tasks.propagation import wait_for_invoker
 from tasks.retries import retry_transient
 
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -189,5 +190,14 @@ async def connect_targets(
             for ref, target in zip(refs, targets, strict=True)
             if params.sends_id_tokens(ref)
         }
+        # A new invoker binding takes minutes to propagate: wait until each service honours it.
+        timeout = params.invoker_propagation_timeout_seconds
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(wait_for_invoker, t.uri, auth, who.member, t.service, timeout)
+                for t in targets
+                if t.service and (auth := id_tokens.get(t.uri)) is not None
+            )
+        )
     engine = build_engine(targets, params.engine, model=params.model, id_tokens=id_tokens)
     return targets, engine
