@@ -56,6 +56,23 @@ class EmulatorConfig(BaseModel):
     gpu_quota: Annotated[int, Setting("L4 GPUs per project and region", runtime=True)] = Field(
         default=7, ge=0
     )
+    # Google is eventually consistent where an emulator would be instant. A few seconds by default,
+    # so that every end-to-end run crosses them (what Google takes: tasks/propagation.py).
+    service_account_propagation_seconds: Annotated[
+        float,
+        Setting(
+            "seconds before Cloud Run accepts a new service account as a revision's identity "
+            "(until then 403 iam.serviceaccounts.actAs)",
+            runtime=True,
+        ),
+    ] = Field(default=2.0, ge=0)
+    iam_propagation_seconds: Annotated[
+        float,
+        Setting(
+            "seconds before a service's ingress honours a new run.invoker binding (until then 403)",
+            runtime=True,
+        ),
+    ] = Field(default=3.0, ge=0)
     token_lifetime_seconds: Annotated[
         int, Setting("lifetime of issued tokens", flag="--token-lifetime", runtime=True)
     ] = Field(default=3600, ge=1)

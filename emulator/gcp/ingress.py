@@ -5,11 +5,12 @@ disabled): no token (`X-Serverless-Authorization` or `Authorization: Bearer`) �
 signature, audience (the service's URLs, custom audiences, or for a user's token gcloud's OAuth
 clients: `auth.user_credentials.CLOUD_RUN_USER_AUDIENCES`) or expiry is wrong → 401; a valid
 token whose email is not among the members its policy grants run.routes.invoke (roles/run.invoker
-and the roles that include it: `emulator.gcp.iam.policy`; or allAuthenticatedUsers) → 403; at
-most `max_instances × concurrency` requests in flight, streamed responses counted until their
-last byte → 429 with Cloud Run's text. Accepted requests are
-forwarded, streaming, to one of the serving revisions' Ollama-compatible servers, picked by their
-traffic percent (503 while none is ready), each on one of that revision's instances
+and the roles that include it: `emulator.gcp.iam.policy`; or allAuthenticatedUsers), or whose
+binding is younger than the emulator's `iam_propagation_seconds` (on every URL: the service's and
+each tag's) → 403; at most `max_instances × concurrency` requests in flight, streamed responses
+counted until their last byte → 429 with Cloud Run's text. Accepted requests are forwarded,
+streaming, to one of the serving revisions' Ollama-compatible servers, picked by their traffic
+percent (503 while none is ready), each on one of that revision's instances
 `cloud_run.instances` accounts for (waiting out a cold start). A tag URL is an `Ingress` of its
 own whose one route is the tagged revision (sharing the service's instances and request log).
 
@@ -84,6 +85,13 @@ class IngressRules:
     revision: str = ""  # the serving revision, whose instances take the requests
     concurrency: int = 1  # per instance
     instance_based_billing: bool = True
+    # Members granted recently: honoured from this `clock` time on (IAM propagation), not before.
+    honoured_from: Mapping[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+    def honoured_members(self) -> frozenset[str]:
+        now = self.clock()
+        return frozenset(m for m in self.members if self.honoured_from.get(m, now) <= now)
 
 
 @dataclass(frozen=True)
@@ -176,8 +184,10 @@ def check_access(
     headers: Mapping[str, str], path: str, rules: IngressRules, verify: TokenVerifier
 ) -> Denial | None:
     """None when the request may pass; else Cloud Run's 403 (no token, or an identity without
-    run.invoker) or 401 (a token that fails verification). A public service takes any request."""
-    if rules.invoker_iam_disabled or "allUsers" in rules.members:
+    run.invoker, or whose binding has not propagated yet) or 401 (a token that fails
+    verification). A public service takes any request."""
+    members = rules.honoured_members()
+    if rules.invoker_iam_disabled or "allUsers" in members:
         return None
     token = bearer(headers)
     if token is None:
@@ -193,7 +203,7 @@ def check_access(
         return unauthorized(path)
     email = str(claims.get("email") or "")
     allowed = {"allAuthenticatedUsers", f"serviceAccount:{email}", f"user:{email}"}
-    return None if email and allowed & rules.members else forbidden(path)
+    return None if email and allowed & members else forbidden(path)
 
 
 class Ingress:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
@@ -25,11 +26,16 @@ def _get_service(service_id: str) -> run_v2.Service:
     return client.get_service(name=client.service_path(cloud.project, "us-central1", service_id))
 
 
-def _make_public(name: str) -> None:
+def _make_public(name: str, uri: str) -> None:
+    """allUsers may invoke, once the binding has propagated (the emulator's few seconds)."""
     client = clients.run_services_client(clients.resolve_cloud())
     policy = client.get_iam_policy(request={"resource": name})
     policy.bindings.add(role="roles/run.invoker", members=["allUsers"])
     client.set_iam_policy(request={"resource": name, "policy": policy})
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{uri}/api/tags", timeout=30).status_code == 403:
+        assert time.monotonic() < deadline, "allUsers never honoured"
+        time.sleep(0.5)
 
 
 def _builds(emulator: EmulatorControl) -> int:
@@ -110,7 +116,7 @@ def test_deploy_noop_new_model_and_teardown_twice(
     # invoke): the smoke test fails, a tokenless request was served.
     smoke = SmokeTestParameters(service=service_id)
     assert smoke_test(smoke)["without token"] == 403
-    _make_public(updated.name)
+    _make_public(updated.name, updated.uri)
     public = smoke_test(smoke, return_state=True)
     assert public.is_failed()
     with pytest.raises(SmokeTestError, match="answered 200 to a request without a token"):

@@ -68,7 +68,10 @@ def run_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunEnv]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = EmulatorConfig(project=PROJECT, port=port, state_dir=state_dir, gpu_quota=7)
+    # IAM propagation has its own tests (test_propagation.py); here a binding counts at once.
+    config = EmulatorConfig(
+        project=PROJECT, port=port, state_dir=state_dir, gpu_quota=7, iam_propagation_seconds=0
+    )
     factories = {**backend_factories(), "cloud_run": cloud_run.CloudRunBackend}
     emulator = Emulator(config, TokenSigner.generate(), factories)
     routes = [r for r in api_routes(emulator) if "/services" not in r.template]

@@ -68,3 +68,22 @@ def test_serverless_authorization_header_wins(signer: TokenSigner) -> None:
     assert "<h1>Error: Unauthorized</h1>" in denial.body
     assert "permission to the requested URL <code>/api/tags</code>." in denial.body
     assert denial.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+
+
+def test_a_new_member_is_honoured_only_from_its_propagation_time(signer: TokenSigner) -> None:
+    now = [100.0]
+    member = f"serviceAccount:{SA}"
+    r = IngressRules(
+        audiences=(URI,),
+        members=frozenset({member, "allUsers"}),
+        honoured_from={member: 130.0, "allUsers": 160.0},
+        clock=lambda: now[0],
+    )
+    good = {"authorization": f"Bearer {signer.mint_id_token(SA, URI)}"}
+    assert status(signer, good, r) == 403  # as for a caller without the role
+    assert status(signer, {}, r) == 403
+    now[0] = 130.0
+    assert status(signer, good, r) == 200
+    assert status(signer, {}, r) == 403  # not public yet
+    now[0] = 160.0
+    assert status(signer, {}, r) == 200

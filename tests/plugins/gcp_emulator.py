@@ -50,6 +50,8 @@ def gcp_env(
             "cloud_run_idle_tail_seconds",
             "monitoring_sample_seconds",
             "sim_env",
+            "service_account_propagation_seconds",
+            "iam_propagation_seconds",
         )
     }
     httpx.post(f"{base}/_emulator/config", json=runtime, timeout=30).raise_for_status()

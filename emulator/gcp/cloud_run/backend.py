@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from emulator.gcp.cloud_quotas import CloudQuotasBackend
 from emulator.gcp.cloud_run.instances import Instance, InstancePool, Timing
+from emulator.gcp.cloud_run.propagation import check_act_as, note_invokers
 from emulator.gcp.cloud_run.revision import RevisionState
 from emulator.gcp.cloud_run.revisions import Revisions, ServiceRecord
 from emulator.gcp.cloud_run.serving import Launcher, launch_ollama
@@ -39,7 +40,7 @@ from emulator.gcp.cloud_run.spec import (
     validate_service_id,
 )
 from emulator.gcp.errors import GoogleApiError, failed_precondition, invalid_argument, not_found
-from emulator.gcp.iam.policy import granted_permissions, replace_policy
+from emulator.gcp.iam.policy import INVOKE, granted_permissions, members_with, replace_policy
 from emulator.gcp.ingress import OUTAGES, Ingress, IngressRules
 from emulator.gcp.operations import Outcome, located_operation_name
 from emulator.gcp.protojson import message_to_json, parse_message, utc
@@ -103,7 +104,9 @@ class CloudRunBackend:
         return record
 
     def _admit(self, spec: run_v2.Service, project: str, location: str) -> None:
-        """Google's checks on a create or update: the spec, then the GPU quota."""
+        """Google's checks on a create or update: acting as the runtime account, the spec, then
+        the GPU quota."""
+        check_act_as(self._emulator, project, spec.template.service_account)
         validate_service(spec, location)
         self._check_quota(project, location, spec)
 
@@ -368,7 +371,10 @@ class CloudRunBackend:
         self, project: str, location: str, service_id: str, policy: policy_pb2.Policy
     ) -> policy_pb2.Policy:
         record = self._record(project, location, service_id)
+        before = members_with(record.policy, INVOKE)
         record.policy = replace_policy(record.policy, policy)
+        after = members_with(record.policy, INVOKE)
+        note_invokers(self._emulator, record.honoured_from, before, after)
         self._revisions.apply_rules(record)
         return record.policy
 
@@ -439,6 +445,7 @@ class CloudRunBackend:
                     "service_id": r.service_id,
                     "service": message_to_json(r.service),
                     "policy": json_format.MessageToDict(r.policy),
+                    "honoured_from": r.honoured_from,
                     "port": r.ingress.port if r.ingress is not None else 0,
                     "tag_ports": {tag: i.port for tag, i in r.tags.items()},
                     "revisions": [
@@ -460,6 +467,7 @@ class CloudRunBackend:
             record = ServiceRecord(
                 data["project"], data["location"], data["service_id"], service, policy
             )
+            record.honoured_from = {m: float(t) for m, t in data.get("honoured_from", {}).items()}
             record.ingress = self._new_ingress(data.get("port", 0))
             if record.ingress.url != service.uri:
                 service.uri = record.ingress.url

@@ -61,6 +61,7 @@ class ServiceRecord:
     service: run_v2.Service
     policy: policy_pb2.Policy
     outcomes: dict[int, GoogleApiError | None] = field(default_factory=dict)
+    honoured_from: dict[str, float] = field(default_factory=dict)  # new invoker -> clock time
     ingress: Ingress | None = None
     tags: dict[str, Ingress] = field(default_factory=dict)
     revisions: dict[str, RevisionState] = field(default_factory=dict)
@@ -327,6 +328,8 @@ class Revisions:
                 revision=s.latest_ready_revision,
                 concurrency=concurrency(s.template),
                 instance_based_billing=instance_based_billing(s.template),
+                honoured_from=dict(record.honoured_from),
+                clock=self._emulator.clock,
             )
 
     def delete_revision(self, record: ServiceRecord, name: str) -> RevisionState:

@@ -23,6 +23,7 @@ class IamBackend:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self._accounts: dict[str, dict[str, dict[str, Any]]] = {}
+        self._created: dict[str, float] = {}  # email -> emulator clock at creation
         self._serial = 0
 
     def _project(self, project: str) -> str:
@@ -54,6 +55,7 @@ class IamBackend:
         if description:
             account["description"] = description
         accounts[email] = account
+        self._created[email] = self.emulator.clock()
         return dict(account)
 
     def find(self, project: str, account: str) -> dict[str, Any] | None:
@@ -71,20 +73,27 @@ class IamBackend:
             raise not_found(UNKNOWN_ACCOUNT)
         return dict(data)
 
+    def created_at(self, email: str) -> float | None:
+        """When the account `email` was created (emulator clock), None if it does not exist.
+        Google's IAM resource has no such field: Cloud Run's propagation check reads it here."""
+        return self._created.get(email) if self.find("-", email) is not None else None
+
     def delete(self, project: str, account: str) -> None:
         data = self.get(project, account)
         del self._accounts[data["projectId"]][data["email"]]
+        self._created.pop(data["email"], None)
 
     def list(self, project: str) -> list[dict[str, Any]]:
         project_id = self._project(project)
         return [dict(a) for _, a in sorted(self._accounts.get(project_id, {}).items())]
 
     def snapshot(self) -> dict[str, Any]:
-        return {"accounts": self._accounts, "serial": self._serial}
+        return {"accounts": self._accounts, "serial": self._serial, "created": self._created}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._accounts = {p: dict(a) for p, a in state.get("accounts", {}).items()}
         self._serial = int(state.get("serial", 0))
+        self._created = {e: float(t) for e, t in state.get("created", {}).items()}
 
     def close(self) -> None:
         pass
