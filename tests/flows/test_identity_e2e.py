@@ -139,6 +139,9 @@ def _start(
     env["CLOUDSDK_CONFIG"] = str(tmp_path / f"gcloud-{source.name}")  # no gcloud ADC either
     env["PREFECT_API_URL"] = prefect_api
     env["PREFECT_LOGGING_LEVEL"] = "INFO"  # the waiting lines are INFO
+    # Five clients at once on the session's SQLite-backed test server, which answers 503 while its
+    # database is locked: on a loaded machine, ride that out longer than Prefect's default 5 tries.
+    env["PREFECT_CLIENT_MAX_RETRIES"] = "8"
     env["PYTHONPATH"] = str(ROOT)
     args = ["--service", source.service, "--service-account-id", source.account_id]
     # Five services at once: one instance each fits the project's 7 L4 GPUs.
