@@ -36,7 +36,7 @@ from pydantic import Field
 
 from flows import canary
 from flows.parameters import DeployParameters
-from flows.smoke_test import smoke_test
+from flows.smoke_test import INVOKER_WAIT_KEY, smoke_test
 from tasks import (
     artifact_registry,
     cloud_build,
@@ -62,6 +62,7 @@ NO_BUILD = "none (image tag already existed)"
 SMOKE_SUMMARY_KEYS = (
     "model",
     "models listed",
+    INVOKER_WAIT_KEY,
     "cold start (s)",
     "first token (s)",
     "sample answer",

@@ -62,6 +62,11 @@ class AccessDeniedError(OllamaCloudRunError):
         self.api = api
 
 
+class InvokerRefusedError(OllamaCloudRunError):
+    """A Cloud Run service answered 403 to the caller's ID token: no run.invoker, or a new binding
+    not honoured yet (``tasks.propagation`` waits that out)."""
+
+
 class InvalidRequestError(OllamaCloudRunError):
     """Google rejected a request as invalid; the message is Google's."""
 

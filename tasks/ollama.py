@@ -7,14 +7,16 @@ Never through ``ollama``'s module-level helpers (they read OLLAMA_HOST at import
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import httpx
 import ollama
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import SmokeTestError
+from tasks.errors import InvokerRefusedError, SmokeTestError
+from tasks.propagation import through_invoker_propagation
 
 REQUEST_TIMEOUT_SECONDS = 600.0
 # Retried while the first instance starts (Cloud Run answers 429/503 until one is up).
@@ -24,8 +26,9 @@ _STARTING_STATUSES = {429, 502, 503, 504}
 @dataclass(frozen=True)
 class TagsProbe:
     models: list[str]
-    seconds: float  # from the first request until /api/tags answered (cold start included)
+    seconds: float  # from the first request let through until /api/tags answered (cold start)
     attempts: int
+    invoker_wait_seconds: float = 0.0  # refused (403) before that: a new invoker binding
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,33 @@ def require_private(uri: str) -> int:
 
 
 @task(name="list-models", cache_policy=NO_CACHE)
-def list_models(uri: str, auth: httpx.Auth, deadline_seconds: float = 300.0) -> TagsProbe:
-    """List the models, retrying while the service is still starting; time it (cold start)."""
+def list_models(
+    uri: str,
+    auth: httpx.Auth | None,
+    deadline_seconds: float = 300.0,
+    *,
+    member: str,
+    service: str,
+    invoker_timeout_seconds: float,
+) -> TagsProbe:
+    """List the models, retrying while the service is still starting; time it (cold start).
+
+    The caller's first request: a 403 to ``member``'s ID token is waited out for
+    ``invoker_timeout_seconds`` first (a new run.invoker binding propagating:
+    ``tasks.propagation``, in this task, so that the retries fail no task run inside deploy's
+    transaction); ``TagsProbe.invoker_wait_seconds`` says how long it was refused."""
+    probe, waited = through_invoker_propagation(
+        partial(_list_models, uri, auth, deadline_seconds),
+        uri,
+        member,
+        service,
+        invoker_timeout_seconds,
+    )
+    return replace(probe, invoker_wait_seconds=waited)
+
+
+def _list_models(uri: str, auth: httpx.Auth | None, deadline_seconds: float) -> TagsProbe:
+    """``list_models`` once past the invoker check; a 403 raises ``InvokerRefusedError``."""
     client = ollama_client(uri, auth)
     started = time.monotonic()
     attempts = 0
@@ -86,12 +114,20 @@ def list_models(uri: str, auth: httpx.Auth, deadline_seconds: float = 300.0) -> 
                 attempts=attempts,
             )
         except ollama.ResponseError as exc:
+            if exc.status_code == 403:
+                raise InvokerRefusedError(f"GET {uri}/api/tags answered 403: {exc.error}") from exc
             if exc.status_code not in _STARTING_STATUSES:
                 raise SmokeTestError(
                     f"GET /api/tags answered {exc.status_code}: {exc.error}"
                 ) from exc
             last: Exception = exc
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+        # ollama's client turns httpx's ConnectError into the builtin ConnectionError.
+        except (
+            ConnectionError,
+            httpx.ConnectError,
+            httpx.RemoteProtocolError,
+            httpx.ReadTimeout,
+        ) as exc:
             last = exc
         if time.monotonic() - started + delay > deadline_seconds:
             raise SmokeTestError(

@@ -5,7 +5,8 @@
   could potentially take 7 minutes or longer" (Google, "Access change propagation",
   https://cloud.google.com/iam/docs/access-change-propagation). Until then Cloud Run's ingress
   answers a new ``roles/run.invoker`` member 403, exactly as it answers a caller without the role:
-  :func:`wait_for_invoker` retries that 403 for ``INVOKER_PROPAGATION_TIMEOUT_SECONDS``.
+  :func:`through_invoker_propagation` retries that 403 (the smoke test's first request;
+  :func:`wait_for_invoker`'s probe before a batch) for ``INVOKER_PROPAGATION_TIMEOUT_SECONDS``.
 - A new service account. IAM is eventually consistent; Cloud Run refuses a runtime account it
   cannot see yet with 403 "Permission 'iam.serviceaccounts.actAs' denied on service account X (or
   it may not exist)." Terraform's google provider sleeps after creating an account and then wants
@@ -28,7 +29,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from tasks.errors import AccessDeniedError
+from tasks.errors import AccessDeniedError, InvokerRefusedError
 from tasks.models import (
     INVOKER_PROPAGATION_TIMEOUT_SECONDS,
     SERVICE_ACCOUNT_PROPAGATION_TIMEOUT_SECONDS,
@@ -144,10 +145,6 @@ def retry_act_as(
 # -- the invoker binding ------------------------------------------------------------------------
 
 
-class InvokerRefused(Exception):
-    """The service answered 403 to the caller's ID token."""
-
-
 def probe_status(uri: str, auth: httpx.Auth) -> int | None:
     """The status of ``GET /`` with the caller's ID token; None when nothing answered (a cold
     start, the next step's to wait for)."""
@@ -156,6 +153,65 @@ def probe_status(uri: str, auth: httpx.Auth) -> int | None:
             return client.get(f"{uri.rstrip('/')}/").status_code
     except httpx.TransportError:
         return None
+
+
+def grant_command(service: str, member: str) -> str:
+    """The gcloud command that grants ``member`` the invoker role on ``service`` (its resource
+    name ``projects/P/locations/R/services/S``, or anything else as the service's name)."""
+    parts = service.split("/")
+    where = ""
+    if len(parts) == 6 and parts[0::2] == ["projects", "locations", "services"]:
+        service, where = parts[5], f" --region={parts[3]} --project={parts[1]}"
+    return (
+        f"gcloud run services add-iam-policy-binding {service}{where} --member={member} "
+        f"--role={INVOKER_ROLE}"
+    )
+
+
+def through_invoker_propagation(
+    send: Callable[[], T],
+    uri: str,
+    member: str,
+    service: str,
+    timeout_seconds: float = INVOKER_PROPAGATION_TIMEOUT_SECONDS,
+    *,
+    clock: Clock | None = None,
+) -> tuple[T, float]:
+    """``send()`` (a request from ``member`` to ``service`` at ``uri``) again while it raises
+    ``InvokerRefusedError`` (the 403 a new invoker binding gets until it propagates). Returns its
+    result and the seconds spent refused: 0 when the first attempt got through. Past
+    ``timeout_seconds`` from the first refusal: ``AccessDeniedError`` naming the member and the
+    role. Google checks IAM before a request reaches an instance: a refused attempt starts none,
+    so the attempt that gets through is the one that waits out a cold start."""
+    clock = clock or Clock()
+    started = clock.now()
+    last_attempt = [started]
+
+    def attempt() -> T:
+        last_attempt[0] = clock.now()
+        return send()
+
+    def pending_since(exc: Exception) -> float | None:
+        return started if isinstance(exc, InvokerRefusedError) else None
+
+    def give_up(exc: Exception, waited: float) -> Exception:
+        return AccessDeniedError(
+            f"{uri} still answers 403 to {member} after {waited:.0f} s: {member} needs "
+            f"{INVOKER_ROLE} on the Cloud Run service {service} (deploy grants it to the caller; "
+            f"or: {grant_command(service, member)}). A new binding typically takes 2, up to 7 "
+            f"minutes to propagate; waited up to {timeout_seconds:.0f} s "
+            "(invoker_propagation_timeout_seconds)."
+        )
+
+    result = retry_while_propagating(
+        attempt,
+        pending_since,
+        what="the invoker binding",
+        timeout_seconds=timeout_seconds,
+        give_up=give_up,
+        clock=clock,
+    )
+    return result, last_attempt[0] - started
 
 
 @task(name="wait-for-invoker", cache_policy=NO_CACHE)
@@ -169,36 +225,15 @@ def wait_for_invoker(
     probe: Callable[[str, httpx.Auth], int | None] = probe_status,
     clock: Clock | None = None,
 ) -> float:
-    """Wait until ``service`` (at ``uri``) stops answering 403 to ``member``'s ID token, as it
-    does until a new invoker binding propagates; returns the seconds waited. Any other answer
-    (200, 404, 429, 503...) is for the next step to judge. Past ``timeout_seconds`` from the first
-    refusal: ``AccessDeniedError`` naming the member and the role."""
-    clock = clock or Clock()
-    started = clock.now()
+    """Probe ``service`` (``GET /`` at ``uri``) until it stops answering 403 to ``member``'s ID
+    token (:func:`through_invoker_propagation`); returns the seconds spent refused. Any other
+    answer (200, 404, 429, 503, none...) is for the next step to judge."""
 
     def attempt() -> None:
         if probe(uri, auth) == 403:
-            raise InvokerRefused(uri)
+            raise InvokerRefusedError(f"{uri} answered 403 to {member}")
 
-    def pending_since(exc: Exception) -> float | None:
-        return started if isinstance(exc, InvokerRefused) else None
-
-    def give_up(exc: Exception, waited: float) -> Exception:
-        return AccessDeniedError(
-            f"{uri} still answers 403 to {member} after {waited:.0f} s: {member} needs "
-            f"{INVOKER_ROLE} on the Cloud Run service {service} (deploy grants it to the caller; "
-            f"or: gcloud run services add-iam-policy-binding SERVICE --member={member} "
-            f"--role={INVOKER_ROLE}). A new binding typically takes 2, up to 7 minutes to "
-            f"propagate; waited up to {timeout_seconds:.0f} s "
-            "(invoker_propagation_timeout_seconds)."
-        )
-
-    retry_while_propagating(
-        attempt,
-        pending_since,
-        what="the invoker binding",
-        timeout_seconds=timeout_seconds,
-        give_up=give_up,
-        clock=clock,
+    _, waited = through_invoker_propagation(
+        attempt, uri, member, service, timeout_seconds, clock=clock
     )
-    return clock.now() - started
+    return waited

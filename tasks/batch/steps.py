@@ -194,10 +194,19 @@ async def connect_targets(
         timeout = params.invoker_propagation_timeout_seconds
         await asyncio.gather(
             *(
-                asyncio.to_thread(wait_for_invoker, t.uri, auth, who.member, t.service, timeout)
+                asyncio.to_thread(wait_for_invoker, t.uri, auth, who.member, name, timeout)
                 for t in targets
-                if t.service and (auth := id_tokens.get(t.uri)) is not None
+                if (name := _resource_name(t, cloud)) and (auth := id_tokens.get(t.uri)) is not None
             )
         )
     engine = build_engine(targets, params.engine, model=params.model, id_tokens=id_tokens)
     return targets, engine
+
+
+def _resource_name(target: Target, cloud: GoogleCloud | None) -> str | None:
+    """A Cloud Run target's resource name (its label without a project); None for a URL."""
+    if not target.service:
+        return None
+    if cloud is None or not target.region:
+        return target.label
+    return f"projects/{cloud.project}/locations/{target.region}/services/{target.service}"

@@ -169,6 +169,7 @@ def _check(source: Source, returncode: int, log: str) -> None:
     markdown = str(deploy.data)
     assert f"granted to {source.member}" in markdown, source.name
     assert "sample answer" in markdown  # the smoke test passed with this identity's ID token
+    assert "invoker propagation (s): " in markdown, source.name  # and says how long it waited
     summary = Artifact.get(f"pipeline-{source.service}")
     assert summary is not None
     assert f"| prompts | total {PROMPTS}, succeeded {PROMPTS}," in str(summary.data), source.name

@@ -1,4 +1,6 @@
 """The smoke test's private check: a refusal (401 or 403) passes, anything the service serves fails.
+And its first request with the caller's token: a 403 there is the invoker's refusal (waited out
+while a new binding propagates), any other error a failed smoke test.
 
 A local HTTP server answers ``GET /api/tags`` with a chosen status and records whether the request
 carried any credentials.
@@ -12,8 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.errors import SmokeTestError
-from tasks.ollama import require_private
+from tasks.errors import AccessDeniedError, InvokerRefusedError, SmokeTestError
+from tasks.ollama import list_models, require_private
+
+MEMBER = "user:ada@example.com"
 
 
 class _Service(ThreadingHTTPServer):
@@ -66,3 +70,23 @@ def test_anything_served_fails(service: _Service, status: int) -> None:
     service.status = status
     with pytest.raises(SmokeTestError, match=f"answered {status} to a request without a token"):
         require_private(_uri(service))
+
+
+def _list_models(service: _Service) -> object:
+    return list_models.fn(
+        _uri(service), None, 5, member=MEMBER, service="svc", invoker_timeout_seconds=0
+    )
+
+
+def test_a_403_to_the_callers_token_is_the_invokers_refusal(service: _Service) -> None:
+    """Past the invoker wait (none here), the error names the member and the role."""
+    service.status = 403
+    with pytest.raises(AccessDeniedError, match=f"{MEMBER} needs roles/run.invoker") as info:
+        _list_models(service)
+    assert isinstance(info.value.__cause__, InvokerRefusedError)
+
+
+def test_another_error_fails_the_smoke_test(service: _Service) -> None:
+    service.status = 404
+    with pytest.raises(SmokeTestError, match="answered 404"):
+        _list_models(service)

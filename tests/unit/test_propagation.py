@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from google.api_core import exceptions as gexc
 
-from tasks.errors import AccessDeniedError
+from tasks.errors import AccessDeniedError, InvokerRefusedError
 from tasks.propagation import (
     Clock,
     is_act_as_denied,
     retry_act_as,
     retry_while_propagating,
+    through_invoker_propagation,
     wait_for_invoker,
 )
 
@@ -248,4 +249,43 @@ def test_invoker_past_the_deadline_names_member_and_role() -> None:
         message
     )
     assert "invoker_propagation_timeout_seconds" in message
+    assert (
+        "gcloud run services add-iam-policy-binding s --region=r --project=p "
+        "--member=user:ada@example.com --role=roles/run.invoker"
+    ) in message
     assert sum(fake.sleeps) == 120
+
+
+def test_the_wait_ends_where_the_request_that_got_through_began() -> None:
+    """The attempt that passes the ingress may take long (a cold start): not counted as waiting."""
+    fake, refusals = FakeClock(), iter(range(2))
+
+    def list_models() -> str:
+        if next(refusals, None) is not None:
+            raise InvokerRefusedError("403")
+        fake.t += 30.0  # the instance starts
+        return "tags"
+
+    assert through_invoker_propagation(
+        list_models, "http://svc", MEMBER, "s", 120, clock=fake.clock
+    ) == ("tags", 6.0)
+    assert fake.sleeps == [2.0, 4.0]
+
+
+def test_a_caller_let_through_at_once_does_not_wait() -> None:
+    fake = FakeClock()
+    assert through_invoker_propagation(
+        lambda: "tags", "http://svc", MEMBER, "s", 120, clock=fake.clock
+    ) == ("tags", 0.0)
+    assert fake.sleeps == []
+
+
+def test_a_refused_request_past_the_deadline_names_member_and_role() -> None:
+    fake = FakeClock()
+
+    def refused() -> str:
+        raise InvokerRefusedError("403")
+
+    with pytest.raises(AccessDeniedError, match=f"{MEMBER} needs roles/run.invoker on the Cloud"):
+        through_invoker_propagation(refused, "http://svc", MEMBER, "s", 5, clock=fake.clock)
+    assert sum(fake.sleeps) == 5
