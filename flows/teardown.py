@@ -123,7 +123,8 @@ def sweep(cloud: GoogleCloud, params: TeardownParameters) -> list[Deletion]:
         cloud, params.regions, at, params.idle_hours, protected
     )
     swept = {d.name for d in services if d.outcome is not Outcome.KEPT}
-    remaining = [s for s in cloud_run.list_all_services(cloud) if s.name not in swept]
+    everywhere = cloud_run.list_all_services(cloud, params.regions)
+    remaining = [s for s in everywhere if s.name not in swept]
     images = {c.image for s in remaining for c in s.template.containers}
     accounts = {s.template.service_account for s in remaining}
     if any(is_managed(s.labels) for s in remaining):  # they may be redeployed: builds need it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from tasks.errors import (
 from tasks.models import (
     BOOKKEEPING_LABELS,
     DECLARED_ANNOTATION,
+    L4_REGIONS,
     LAST_USED_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -431,21 +433,24 @@ def delete_service(cloud: GoogleCloud, name: str) -> Deletion:
     )
 
 
-def list_managed_services(cloud: GoogleCloud, region: str) -> list[run_v2.Service]:
-    """The services in ``region`` labelled ``managed-by=ollama-cloudrun``."""
-    client = clients.run_services_client(cloud)
+def list_services(cloud: GoogleCloud, region: str) -> list[run_v2.Service]:
+    """The services in ``region``."""
     parent = f"projects/{cloud.project}/locations/{region}"
     with google_errors(f"list the Cloud Run services of {parent}"):
-        services = client.list_services(parent=parent, retry=transient_retry(cloud))
-        return [s for s in services if s.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE]
-
-
-def list_all_services(cloud: GoogleCloud) -> list[run_v2.Service]:
-    """Every service of the project in every region (``locations/-``, as Cloud Run v2 allows)."""
-    client = clients.run_services_client(cloud)
-    parent = f"projects/{cloud.project}/locations/-"
-    with google_errors(f"list the Cloud Run services of {parent}"):
+        client = clients.run_services_client(cloud)
         return list(client.list_services(parent=parent, retry=transient_retry(cloud)))
+
+
+def list_managed_services(cloud: GoogleCloud, region: str) -> list[run_v2.Service]:
+    """The services in ``region`` labelled ``managed-by=ollama-cloudrun``."""
+    services = list_services(cloud, region)
+    return [s for s in services if s.labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE]
+
+
+def list_all_services(cloud: GoogleCloud, regions: Iterable[str] = ()) -> list[run_v2.Service]:
+    """Every service of the project in ``regions`` and in every L4 region (where deploy's can be),
+    region by region: Cloud Run v2's list "cannot be the "-" wildcard"."""
+    return [s for r in sorted(L4_REGIONS | set(regions)) for s in list_services(cloud, r)]
 
 
 def _use_reason(

@@ -77,9 +77,14 @@ def _add_prompts(bucket: str, night: int) -> None:
 
 
 def _sweep(service: str) -> dict[str, str]:
-    """One cleanup-sweep run (the deployment's parameters); the service's row."""
+    """One cleanup-sweep run (the deployment's parameters); the service's row. While the service
+    is kept, so are its repository and its runtime account."""
     rows = teardown(TeardownParameters(sweep=True, idle_hours=IDLE_HOURS))
-    return next((r for r in rows if r["kind"] == "service" and r["name"] == service), {})
+    row = next((r for r in rows if r["kind"] == "service" and r["name"] == service), {})
+    if row.get("result") == "kept":
+        used = ("repository (with its images)", "service account")
+        assert not [r for r in rows if r["kind"] in used and r["result"] == "deleted"], rows
+    return row
 
 
 def test_the_shipped_deployments_name_their_service_and_the_sweep_protects_it() -> None:

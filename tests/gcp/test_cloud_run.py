@@ -258,6 +258,8 @@ def test_regions_keep_their_own_quota_services_and_ingress(run_env: RunEnv) -> N
     assert [httpx.get(f"{s.uri}/api/tags").status_code for s in served.values()] == [200, 200]
     assert httpx.get(f"{more.uri}/api/tags").status_code == 403  # private: its own policy
     assert [s.name for s in client.list_services(parent=parent())] == [served[LOCATION].name]
+    with pytest.raises(gexc.MethodNotImplemented):  # one location at a time, as on Google
+        list(client.list_services(parent=f"projects/{PROJECT}/locations/-"))
 
     client.delete_service(name=served[LOCATION].name).result(timeout=60)
     with pytest.raises(httpx.ConnectError):

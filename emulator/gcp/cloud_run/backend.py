@@ -39,7 +39,13 @@ from emulator.gcp.cloud_run.spec import (
     validate_service,
     validate_service_id,
 )
-from emulator.gcp.errors import GoogleApiError, failed_precondition, invalid_argument, not_found
+from emulator.gcp.errors import (
+    GoogleApiError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    unimplemented,
+)
 from emulator.gcp.iam.policy import INVOKE, granted_permissions, members_with, replace_policy
 from emulator.gcp.ingress import OUTAGES, Ingress, IngressRules
 from emulator.gcp.operations import Outcome, located_operation_name
@@ -208,9 +214,13 @@ class CloudRunBackend:
     def list_services(
         self, project: str, location: str, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
+        # The location "cannot be the "-" wildcard" (run.v2.json, ListServicesRequest.parent);
+        # Cloud Run v2's answer to `locations/-`: googleapis/google-cloud-go#7197.
+        if location == "-":
+            raise unimplemented("Operation is not implemented, or supported, or enabled.")
         p = self._project(project)
         records = sorted(
-            (r for (rp, loc, _), r in self._services.items() if rp == p and loc in (location, "-")),
+            (r for (rp, loc, _), r in self._services.items() if rp == p and loc == location),
             key=lambda r: r.service_id,
         )
         page, token = lenient_page(records, page_size, page_token)
