@@ -19,7 +19,6 @@ import uuid
 import httpx
 import pytest
 from google.api_core import exceptions as gexc
-from google.cloud import run_v2
 
 from flows.batch import BatchParams, batch_inference
 from flows.deploy import deploy
@@ -58,12 +57,6 @@ def _call_directly(uri: str) -> None:
     auth = GoogleIdTokenAuth(uri, caller_identity(clients.resolve_cloud()).id_tokens)
     response = httpx.get(f"{uri}/api/tags", auth=auth, timeout=60)
     assert response.status_code == 200, response.text
-
-
-def _service(service_id: str) -> run_v2.Service:
-    cloud = clients.resolve_cloud()
-    client = clients.run_services_client(cloud)
-    return client.get_service(name=client.service_path(cloud.project, "us-central1", service_id))
 
 
 def _add_prompts(bucket: str, night: int) -> None:
@@ -110,6 +103,7 @@ def _run_the_schedules(clock: EmulatedClock, service_id: str) -> None:
 
     summary = deploy(DeployParameters(service=service_id))  # the `redeploy` deployment, once
     name = summary["service"]
+    services = clients.run_services_client(cloud)  # one client for the ~90 reads below
     repository = artifact_registry.repository_of_image(summary["image"])
     assert repository is not None
 
@@ -139,7 +133,7 @@ def _run_the_schedules(clock: EmulatedClock, service_id: str) -> None:
         row = _sweep(name)
         if clock.hours - last_use < IDLE_HOURS:
             assert row["result"] == "kept", (clock.hours, row)
-            assert _service(service_id).uri
+            assert services.get_service(name=name).uri
             if clock.hours - last_flow_use >= IDLE_HOURS:  # only the requests tell
                 assert "(Cloud Monitoring)" in row["why"], (clock.hours, row)
         else:
@@ -150,7 +144,7 @@ def _run_the_schedules(clock: EmulatedClock, service_id: str) -> None:
         pytest.fail("the service was never swept")
 
     with pytest.raises(gexc.NotFound):
-        _service(service_id)
+        services.get_service(name=name)
     registry = clients.artifact_registry_client(cloud)
     with pytest.raises(gexc.NotFound):
         registry.get_repository(name=repository)  # swept with its images
