@@ -59,12 +59,11 @@ def test_ten_thousand_prompts_through_faults_every_id_once_all_succeeded(
     assert all(r["done_reason"] in ("stop", "length") for r in results)
 
 
-def _start_batch(params: BatchParams, api_url: str, *extra: str) -> subprocess.Popen[bytes]:
-    """``ollama-cloudrun batch`` with these parameters and ``extra`` options, in a subprocess."""
+def _start_batch(params: BatchParams, api_url: str) -> subprocess.Popen[bytes]:
+    """``ollama-cloudrun batch`` with these parameters, in a subprocess."""
     env = {**os.environ, "PREFECT_API_URL": api_url}
     options = ["--input", params.input, "--output", params.output, "--target", params.target]
     options += ["--in-flight", str(params.engine.in_flight), "--shard-size", str(params.shard_size)]
-    options += extra
     return subprocess.Popen(
         [sys.executable, "-m", "flows", "batch", *options],
         env=env,
