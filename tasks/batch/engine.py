@@ -24,7 +24,6 @@ from typing import Any
 import aiohttp
 import httpx
 import ollama
-import openai
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -33,7 +32,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from tasks.batch.backends import RejectedError, parse_retry_after
+from tasks.batch.backends import RejectedError, loaded_openai, parse_retry_after
 from tasks.batch.lanes import Lane, LanePool
 from tasks.batch.limiter import LatencyHistogram
 from tasks.batch.records import Completion, PromptRequest, error_record, redact, result_record
@@ -46,7 +45,8 @@ OVERLOAD_STATUS = frozenset({429, 503})
 def status_of(exc: BaseException) -> int | None:
     if isinstance(exc, ollama.ResponseError):
         return int(exc.status_code)
-    if isinstance(exc, openai.APIStatusError):
+    openai = loaded_openai()
+    if openai is not None and isinstance(exc, openai.APIStatusError):
         return int(exc.status_code)
     return None
 
@@ -55,13 +55,15 @@ def is_transient(exc: BaseException) -> bool:
     status = status_of(exc)
     if status is not None:
         return status in RETRYABLE_STATUS
+    openai = loaded_openai()
+    if openai is not None and isinstance(exc, openai.APIConnectionError):  # + APITimeoutError
+        return True
     return isinstance(
         exc,
         ConnectionError  # nothing answered (the official client raises the builtin too)
         | aiohttp.ClientConnectionError  # resets, server disconnects, socket timeouts
         | aiohttp.ClientPayloadError  # a body cut short
         | httpx.TransportError  # (OpenAI mode) timeouts, resets, RemoteProtocolError
-        | openai.APIConnectionError  # includes APITimeoutError
         | IncompleteResponseError
         | TimeoutError,
     )
@@ -71,7 +73,8 @@ def retry_after_of(exc: BaseException) -> float | None:
     """Seconds a 429/503 asked us to wait (its ``Retry-After``), if it said."""
     if isinstance(exc, RejectedError):
         return exc.retry_after
-    if isinstance(exc, openai.APIStatusError):
+    openai = loaded_openai()
+    if openai is not None and isinstance(exc, openai.APIStatusError):
         return parse_retry_after(exc.response.headers.get("retry-after"))
     return None
 

@@ -34,8 +34,10 @@ def _control(emulator: GcpEmulatorProcess, path: str, body: dict[str, Any]) -> N
 
 @pytest.fixture
 def slow_sim(gcp_emulator: GcpEmulatorProcess, gcp_env: dict[str, str]) -> Iterator[None]:
-    """Instances started now hold each request's slot for 0.1 s (restored after)."""
-    _control(gcp_emulator, "config", {"sim_env": {"OLLAMA_SIM_SERVICE_SECONDS": "0.1"}})
+    """Instances started now hold each request's slot for 0.05 s; builds take no time (the
+    build is not what this test is about; gcp_env restores both)."""
+    config = {"sim_env": {"OLLAMA_SIM_SERVICE_SECONDS": "0.05"}, "build_seconds": 0}
+    _control(gcp_emulator, "config", config)
     try:
         yield
     finally:

@@ -69,8 +69,10 @@ def _configure(base_url: str, **config: Any) -> None:
 
 @pytest.fixture
 def slow_sim(gcp_emulator: GcpEmulatorProcess, gcp_env: dict[str, str]) -> Iterator[None]:
-    """Instances started now hold each request's slot for SERVICE_SECONDS (restored after)."""
-    _configure(gcp_emulator.base_url, sim_env={"OLLAMA_SIM_SERVICE_SECONDS": str(SERVICE_SECONDS)})
+    """Instances started now hold each request's slot for SERVICE_SECONDS; builds take no time
+    (not what this test is about). Restored after (and by gcp_env)."""
+    sim_env = {"OLLAMA_SIM_SERVICE_SECONDS": str(SERVICE_SECONDS)}
+    _configure(gcp_emulator.base_url, sim_env=sim_env, build_seconds=0)
     try:
         yield
     finally:
