@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.parameters import Workers
 from tasks import cloud_run
 from tasks.batch.billing import attach_billed, await_final_billed
 from tasks.batch.dispatch import run_shards
@@ -60,7 +61,7 @@ SUMMARY_KEY = "batch-inference-summary"
 @flow(
     name="batch-inference", description="Prompts in Cloud Storage → Ollama on Cloud Run → results."
 )
-async def batch_inference(params: BatchParams, workers: int = 1) -> dict[str, Any]:
+async def batch_inference(params: BatchParams, workers: Workers = 1) -> dict[str, Any]:
     """Prompts in Cloud Storage (or local files) → an Ollama service → results, exactly once;
     ``workers`` > 1: the shards split over that many flow runs of ``batch-shard``."""
     clock = RunClock.start()

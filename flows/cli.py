@@ -57,6 +57,7 @@ class FlowCommand:
     summary: str  # one line for the command list
     flow: str  # "module:function", imported only when the command runs
     parameters: str  # "module:Model", the flow's one parameter (``params``); no Prefect import
+    options: str | None = None  # "module:Model", the flow's other parameters (``workers``)
 
 
 FLOWS: dict[str, FlowCommand] = {
@@ -74,6 +75,7 @@ FLOWS: dict[str, FlowCommand] = {
         "Run prompts from Cloud Storage or local files through the service; results beside them.",
         "flows.batch:batch_inference",
         "flows.parameters:BatchParams",
+        "flows.parameters:BatchRunOptions",
     ),
     "teardown": FlowCommand(
         "Delete the service, images, staging objects and service account (or sweep idle ones).",
@@ -206,13 +208,20 @@ def _load(target: str) -> Any:
 
 
 def make_command(command: str, spec: FlowCommand) -> Callable[..., None]:
-    """A Typer command whose options are the fields of the flow's parameter model."""
+    """A Typer command whose options are the fields of the flow's parameter model (and of its
+    other parameters' model, ``spec.options``)."""
     from pydantic import ValidationError
 
     model: type[BaseModel] = _load(spec.parameters)
+    extra: type[BaseModel] | None = _load(spec.options) if spec.options else None
     leaves = {name: (field, path) for name, field, path in model_leaves(model)}
+    extra_leaves = (
+        {name: (field, path) for name, field, path in model_leaves(extra)} if extra else {}
+    )
+    if clash := leaves.keys() & extra_leaves.keys():
+        raise AssertionError(f"{spec.options} repeats options of {spec.parameters}: {clash}")
     parameters = []
-    for name, (field, _) in leaves.items():
+    for name, (field, _) in (leaves | extra_leaves).items():
         cli_type, metavar, note = option_type(field.annotation)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         shown = "[required]" if field.is_required() else shown_default(default)
@@ -231,18 +240,29 @@ def make_command(command: str, spec: FlowCommand) -> Callable[..., None]:
 
     def run(ctx: typer.Context, **options: Any) -> None:
         given = {
-            name: parse_value(leaves[name][0].annotation, value)
+            name: parse_value((leaves | extra_leaves)[name][0].annotation, value)
             for name, value in options.items()
             if value is not None and value != []
         }
+        errors = []
         try:
-            params = model.model_validate(nest({n: p for n, (_, p) in leaves.items()}, given))
+            params = model.model_validate(
+                nest({n: p for n, (_, p) in leaves.items()}, _only(given, leaves))
+            )
         except ValidationError as exc:
-            errors = validation_errors(exc, sub_models)
-            typer.echo(f"Error: invalid parameters for {command}: {errors}", err=True)
+            errors.append(validation_errors(exc, sub_models))
+        flow_options: dict[str, Any] = {}
+        if extra is not None:
+            try:
+                chosen = extra.model_validate(_only(given, extra_leaves))
+                flow_options = chosen.model_dump(exclude_unset=True)
+            except ValidationError as exc:
+                errors.append(validation_errors(exc, set()))
+        if errors:
+            typer.echo(f"Error: invalid parameters for {command}: {'; '.join(errors)}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
         verbose = bool(ctx.obj and ctx.obj.get("verbose"))
-        result = _run_flow(command, spec, params, verbose)
+        result = _run_flow(command, spec, params, verbose, **flow_options)
         typer.echo(json.dumps(result, indent=2, default=str))
 
     signature = [
@@ -252,6 +272,10 @@ def make_command(command: str, spec: FlowCommand) -> Callable[..., None]:
     run.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
     run.__doc__ = spec.summary
     return run
+
+
+def _only(given: dict[str, Any], names: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in given.items() if name in names}
 
 
 # -- running a flow ------------------------------------------------------------------------
@@ -316,8 +340,11 @@ def _prefect_server(verbose: bool) -> Iterator[None]:
             log.unlink(missing_ok=True)
 
 
-def _run_flow(command: str, spec: FlowCommand, params: BaseModel, verbose: bool) -> Any:
-    """Run the flow in this process; exit 1 when it fails, 130/143 when a signal stops it."""
+def _run_flow(
+    command: str, spec: FlowCommand, params: BaseModel, verbose: bool, **flow_options: Any
+) -> Any:
+    """Run the flow in this process (``flow_options``: its parameters besides ``params``); exit
+    1 when it fails, 130/143 when a signal stops it."""
     import asyncio
 
     os.environ["OLLAMA_CLOUDRUN_PROGRESS"] = "1"
@@ -328,7 +355,7 @@ def _run_flow(command: str, spec: FlowCommand, params: BaseModel, verbose: bool)
             fn = _load(spec.flow)  # imports Prefect, which sets up its console logging
             if not verbose:
                 _quiet_console_tracebacks()
-            result = fn(params=params)
+            result = fn(params=params, **flow_options)
             if inspect.isawaitable(result):
                 result = asyncio.run(_await(result))
             return result

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -339,3 +339,22 @@ class ResultsParams(BaseModel):
     @property
     def uses_gcs(self) -> bool:
         return self.output.startswith("gs://") or (self.to or "").startswith("gs://")
+
+
+Workers = Annotated[
+    int,
+    Field(
+        ge=1,
+        description="Prefect workers to share the batch: N > 1 splits the planned shards into N "
+        "flow runs of the batch-shard deployment, run by the workers of its work pool (the "
+        "deployment and its pool must exist: ./dev stack has both).",
+    ),
+]
+
+
+class BatchRunOptions(BaseModel):
+    """``batch_inference``'s parameters besides ``params`` (the ``batch`` command's options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: Workers = 1

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from prefect.artifacts import Artifact
+from prefect.exceptions import ParameterTypeError
 
 from emulator.ollama.launcher import OllamaServer
 from flows.batch import SUMMARY_KEY, BatchParams, batch_inference
@@ -68,6 +69,12 @@ def test_parts_are_disjoint_contiguous_and_nearly_equal(shards: int, n: int) -> 
 def test_workers_below_one_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="at least 1"):
         split_parts(3, 0, run="R", parent=None)
+    # The flow's own parameter check (a deployment run, the UI's form: minimum 1) refuses it too.
+    params = {"params": {"input": "in.jsonl", "output": "out"}}
+    with pytest.raises(ParameterTypeError, match="workers: Input should be greater than or equal"):
+        batch_inference.validate_parameters({**params, "workers": 0})
+    assert batch_inference.validate_parameters({**params, "workers": 2})["workers"] == 2
+    assert batch_inference.parameters.properties["workers"]["minimum"] == 1
 
 
 def _request(id_: str, line: int) -> PromptRequest:

@@ -167,3 +167,37 @@ def test_missing_env_file_is_a_usage_error() -> None:
     result = _cli("--env-file", "/nonexistent/emulator.env", "teardown")
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+def test_batch_takes_workers_and_refuses_fewer_than_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from flows import cli
+
+    calls: list[dict[str, object]] = []
+
+    def run_flow(command: str, spec: object, params: object, verbose: bool, **options: object):
+        calls.append(options)
+        return {"command": command}
+
+    monkeypatch.setattr(cli, "_run_flow", run_flow)
+    app = build_app("batch")
+    command = typer.main.get_command(app).commands["batch"]  # type: ignore[attr-defined]
+    workers = next(p for p in command.params if "--workers" in p.opts)
+    assert "batch-shard" in (workers.help or "") and "[default: 1]" in (workers.help or "")
+    base = ["batch", "--input", "in.jsonl", "--output", "out/"]
+    assert CliRunner().invoke(app, [*base, "--workers", "2"]).exit_code == 0
+    assert CliRunner().invoke(app, base).exit_code == 0
+    assert calls == [{"workers": 2}, {}]  # not given: the flow's default
+    for bad, message in (
+        ("0", "--workers: Input should be greater than or equal to 1"),
+        ("-3", "--workers: Input should be greater than or equal to 1"),
+        ("two", "Invalid value for '--workers'"),
+    ):
+        result = CliRunner().invoke(app, [*base, "--workers", bad])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    both = CliRunner().invoke(app, ["batch", "--output", "out/", "--workers", "0"])
+    assert both.exit_code == 2  # every problem in one message
+    assert "--input: Field required" in both.stderr and "--workers:" in both.stderr
+    assert len(calls) == 2
