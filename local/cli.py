@@ -34,10 +34,19 @@ def up(
         DEFAULT_PREFECT_FILE
     ),
     register: Annotated[bool, typer.Option(help="Run `prefect deploy --all`.")] = True,
+    worker_limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Flow runs each worker runs at once (default: no limit); 1 spreads the parts "
+            "of a batch started with --workers 2 one per worker."
+        ),
+    ] = None,
 ) -> None:
-    """Start Prefect's server and UI, emulator.gcp and a process worker; Ctrl-C stops them all."""
+    """Start Prefect's server and UI, emulator.gcp and two process workers; Ctrl-C stops them."""
     if engine not in ("sim", "llama"):
         raise typer.BadParameter("engine must be 'sim' or 'llama'", param_hint="--engine")
+    if worker_limit is not None and worker_limit < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--worker-limit")
     chosen: Literal["sim", "llama"] = "llama" if engine == "llama" else "sim"
     config = StackConfig(
         state_dir=state_dir,
@@ -45,6 +54,7 @@ def up(
         engine=chosen,
         prefect_file=prefect_file.resolve(),
         register=register,
+        worker_limit=worker_limit,
     )
     signal.signal(signal.SIGTERM, _raise_interrupt)
     stack = LocalStack(config)
@@ -54,7 +64,10 @@ def up(
         typer.echo(f"\nPrefect UI:        {stack.ui_url}")
         typer.echo(f"Prefect API:       {stack.api_url}")
         typer.echo(f"Emulator env file: {stack.emulator_env_file}")
-        typer.echo(f"Work pool:         {config.work_pool} (a process worker is running)")
+        limit = f", each running at most {worker_limit}" if worker_limit else ""
+        typer.echo(
+            f"Work pool:         {config.work_pool} ({config.workers} process workers{limit})"
+        )
         for name in stack.deployment_names():
             typer.echo(f"  deployment       {name}")
         typer.echo(

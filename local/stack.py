@@ -3,10 +3,13 @@
 ``LocalStack`` starts, in order: ``python -m emulator.gcp`` (Google Cloud stand-in; writes an env
 file), ``prefect server start`` (API, UI and the scheduler), the process work pool, the
 deployments from ``prefect.yaml`` (``prefect deploy --all``, which also creates the automation),
-and two ``prefect worker start`` processes (``workers``; a batch with ``workers=2`` runs one part
-on each) with the emulator's env file in their environment, so every flow run talks to the
-emulator. ``stop()`` stops them in reverse order; each child runs in its own process group, and
-the whole group is killed, so nothing is left behind.
+and two ``prefect worker start`` processes (``workers``) with the emulator's env file in their
+environment, so every flow run talks to the emulator. Prefect hands a flow run to whichever
+worker claims it first, so without ``worker_limit`` one worker may claim both parts of a batch
+with ``workers=2``; with ``worker_limit=1`` each worker runs one flow run at a time, and the two
+parts of a batch started from a shell (``ollama-cloudrun batch --workers 2``) run one on each.
+``stop()`` stops them in reverse order; each child runs in its own process group, and the whole
+group is killed, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class StackConfig:
     startup_timeout: float = 240.0
     worker_query_seconds: float = 2.0
     workers: int = 2  # process workers on the pool (batch_inference(workers=N) spreads over them)
+    worker_limit: int | None = None  # flow runs each worker runs at once (None: no limit)
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -255,6 +259,10 @@ class LocalStack:
         """The process group ids of the running children (each child leads its own group)."""
         return [child.process.pid for child in self._children]
 
+    def worker_pids(self) -> list[int]:
+        """The process workers' pids, in the order they were started."""
+        return [c.process.pid for c in self._children if c.name.startswith("prefect-worker-")]
+
     def start_server(self) -> None:
         env = self.prefect_env()
         env.update(
@@ -309,10 +317,16 @@ class LocalStack:
     def start_workers(self) -> None:
         """``workers`` process workers on the pool, each named and logging to its own file."""
         for k in range(1, self.config.workers + 1):
-            argv = [sys.executable, "-m", "prefect", "worker", "start"]
-            argv += ["--pool", self.config.work_pool, "--type", "process"]
-            argv += ["--name", f"local-worker-{k}"]
-            self._spawn(f"prefect-worker-{k}", argv, self.flow_env())
+            self._spawn(f"prefect-worker-{k}", self.worker_argv(k), self.flow_env())
+
+    def worker_argv(self, k: int) -> list[str]:
+        """The command line of worker ``k`` (named ``local-worker-<k>``)."""
+        argv = [sys.executable, "-m", "prefect", "worker", "start"]
+        argv += ["--pool", self.config.work_pool, "--type", "process"]
+        argv += ["--name", f"local-worker-{k}"]
+        if self.config.worker_limit is not None:
+            argv += ["--limit", str(self.config.worker_limit)]
+        return argv
 
     def deployment_names(self) -> list[str]:
         """``flow/deployment`` names registered on this stack's server, sorted."""

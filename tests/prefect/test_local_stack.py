@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from local.stack import StackError, read_env_file
+from local.stack import LocalStack, StackConfig, StackError, read_env_file
 from tests.plugins.local_stack import SharedStack, processes_of
 
 
@@ -18,6 +18,20 @@ def test_env_file_lines(tmp_path: Path) -> None:
     path.write_text("A=1\nnot a pair\n")
     with pytest.raises(StackError, match=r"e.env:2: expected KEY=VALUE"):
         read_env_file(path)
+
+
+def test_worker_limit_reaches_each_worker_and_below_one_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from local.cli import app
+
+    limited = LocalStack(StackConfig(state_dir=tmp_path, worker_limit=1))
+    assert limited.worker_argv(2)[-4:] == ["--name", "local-worker-2", "--limit", "1"]
+    assert "--limit" not in LocalStack(StackConfig(state_dir=tmp_path)).worker_argv(1)
+    refused = CliRunner().invoke(app, ["up", "--state-dir", str(tmp_path), "--worker-limit", "0"])
+    assert refused.exit_code == 2 and "--worker-limit" in refused.output
+    assert "must be at least 1" in refused.output
+    assert not (tmp_path / "logs").exists()  # refused before anything started
 
 
 @pytest.mark.slow
