@@ -30,11 +30,11 @@ from typing import IO, Any, cast
 from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from pydantic import BaseModel, Field
 
+from tasks.batch.children import Child, start_children, wait_for_children
 from tasks.batch.dispatch import RunTotals
 from tasks.batch.engine import EngineStats, RequestEngine
 from tasks.batch.lanes import Lane, LaneStats
@@ -293,34 +293,39 @@ def read_reports(store: ObjectStore, parts: list[ShardPart]) -> list[PartReport]
 
 
 async def run_parts(params: BatchParams, parts: list[ShardPart], in_flight: int) -> list[FlowRun]:
-    """Run every part as a flow run of ``batch-shard`` and wait for all of them (Prefect retries
-    a failed one first: the flow's ``retries``); ``BatchFailedError`` if one did not complete."""
+    """Run every part as a flow run of ``batch-shard`` and wait for all of them to end (Prefect
+    retries a failed one first: the flow's ``retries``; a silent one is taken for dead:
+    ``tasks.batch.children``); ``BatchFailedError`` if one did not complete."""
     engine = params.engine.model_copy(update={"in_flight": in_flight})
     child_params = params.model_copy(update={"engine": engine}).model_dump(mode="json")
-    runs = await asyncio.gather(
-        *(
-            arun_deployment(
-                CHILD_DEPLOYMENT,
-                parameters={"params": child_params, "part": part.model_dump(mode="json")},
-                flow_run_name=f"{part.run}-w{part.worker}",
-                idempotency_key=f"{part.run}-w{part.worker}",
-                timeout=None,
-                poll_interval=2,
-            )
-            for part in parts
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(CHILD_DEPLOYMENT)
+    env = dict((deployment.job_variables or {}).get("env") or {})
+    children = [
+        Child(
+            name=f"{part.run}-w{part.worker}",
+            parameters={"params": child_params, "part": part.model_dump(mode="json")},
         )
-    )
+        for part in parts
+    ]
+    runs = await wait_for_children(await start_children(CHILD_DEPLOYMENT, children, env))
     failed = [run for run in runs if run.state is None or not run.state.is_completed()]
     if failed:
         raise BatchFailedError(
             f"{len(failed)} of {len(parts)} parts did not complete: "
             + "; ".join(
-                f"{run.name} {run.state.name if run.state else 'unknown'} ({flow_run_link(run.id)})"
+                f"{run.name} {run.state.name if run.state else 'unknown'}"
+                f"{_why(run)} ({flow_run_link(run.id)})"
                 for run in failed
             )
             + " — a rerun sends only what is missing"
         )
     return runs
+
+
+def _why(run: FlowRun) -> str:
+    message = run.state.message if run.state else None
+    return f" ({message})" if message else ""
 
 
 def child_rows(runs: list[FlowRun], reports: list[PartReport]) -> list[dict[str, str]]:
