@@ -19,11 +19,16 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.states import Completed, Pending, Running, Scheduled
 
+from tasks.batch import children
 from tasks.batch.children import (
+    HEARTBEAT_ENV,
     HEARTBEAT_EVENT,
+    HEARTBEAT_SECONDS,
     MISSED_HEARTBEATS,
+    Child,
     Limits,
     last_heartbeat,
+    start_children,
     unresponsive,
     wait_for_children,
 )
@@ -58,6 +63,29 @@ def test_pending_too_long_is_dead_and_scheduled_or_final_children_are_left_alone
     assert reason is not None and "never started it" in reason
     for kind in (StateType.SCHEDULED, StateType.COMPLETED, StateType.CRASHED, StateType.PAUSED):
         assert unresponsive(_run(kind, T0), None, _later(10**6), limits) is None
+
+
+def test_children_get_their_heartbeat_over_the_deployments_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def run_deployment(name: str, **options: Any) -> FlowRun:
+        calls.append((name, options))
+        return FlowRun(flow_id=uuid.uuid4(), name=options["flow_run_name"])
+
+    monkeypatch.setattr(children, "arun_deployment", run_deployment)
+    wanted = [Child("R-w1", {"part": 1}), Child("R-w2", {"part": 2})]
+    env = {"KEEP": "me", HEARTBEAT_ENV: "180"}
+    runs = asyncio.run(start_children("batch-shard/batch-shard", wanted, env))
+    assert [r.name for r in runs] == ["R-w1", "R-w2"]
+    assert env == {"KEEP": "me", HEARTBEAT_ENV: "180"}  # the deployment's, untouched
+    for (name, options), child in zip(calls, wanted, strict=True):
+        assert name == "batch-shard/batch-shard" and options["parameters"] == child.parameters
+        assert options["job_variables"] == {"env": {"KEEP": "me", HEARTBEAT_ENV: "30"}}
+        assert options["idempotency_key"] == options["flow_run_name"] == child.name
+        assert options["timeout"] == 0  # started, not waited for: the watch waits
+    assert HEARTBEAT_SECONDS == 30
 
 
 @flow(name="children-test")
