@@ -61,6 +61,7 @@ async def batch_shard(params: BatchParams, part: ShardPart) -> dict[str, Any]:
     shards = shards_of_part(
         plan_shards(files, ledger, plan, **params.plan_options()), part, resumed.ids
     )
+    sending = time.perf_counter()
     try:
         totals = await run_shards(
             shards,
@@ -73,8 +74,9 @@ async def batch_shard(params: BatchParams, part: ShardPart) -> dict[str, Any]:
         )
     finally:
         ledger.close()
+    sending = time.perf_counter() - sending
     cpu = time.process_time()  # the whole process: imports, planning and sending
-    report = PartReport.of(part, flow_run.get_id(), totals, engine, resumed, cpu)
+    report = PartReport.of(part, flow_run.get_id(), totals, engine, resumed, cpu, sending)
     await asyncio.to_thread(report.write, store, part)
     logger.info(f"part {part.worker}: {report.succeeded} succeeded, {report.failed} failed")
     return report.model_dump(mode="json")
