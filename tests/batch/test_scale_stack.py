@@ -46,7 +46,7 @@ from local.stack import LocalStack, StackConfig, running_stack
 from tasks import clients
 from tests.batch.conftest import local, read_output, write_prompts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scale]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = 4
