@@ -14,6 +14,14 @@ from emulator.ollama.launcher import OllamaServer, running_ollama_server
 from tasks.batch.outputs import ERRORS, RESULTS, iter_shard_records, list_shards
 from tasks.batch.stores import LocalStore, ObjectStore
 
+# emulator.gcp settings for tests whose subject is not the deploy: builds and IAM propagation
+# take no time (tests/batch/test_invoker_e2e.py and tests/gcp cover them; gcp_env restores them).
+INSTANT_SETUP = {
+    "build_seconds": 0,
+    "service_account_propagation_seconds": 0,
+    "iam_propagation_seconds": 0,
+}
+
 
 @pytest.fixture
 def sim_server() -> Iterator[Callable[..., OllamaServer]]:

@@ -31,7 +31,7 @@ from emulator.gcp import GcpEmulatorProcess
 from flows.batch import BatchParams, batch_inference
 from flows.deploy import DeployParameters, deploy
 from tasks.batch import billing
-from tests.batch.conftest import write_prompts
+from tests.batch.conftest import INSTANT_SETUP, write_prompts
 from tests.gcp.discovery import Exchange, Judge
 
 COLD_START_SECONDS = 0.5
@@ -100,7 +100,7 @@ def test_billed_cost_matches_the_instances_and_exceeds_the_estimate_by_the_tail(
 def _run_and_check(base: str, tmp_path: Path, idle_tail: float) -> None:
     _configure(
         base,
-        build_seconds=0,  # the build is not what this test is about (gcp_env restores it)
+        **INSTANT_SETUP,
         sim_env={"OLLAMA_SIM_SERVICE_SECONDS": str(SERVICE_SECONDS)},
         cloud_run_cold_start_seconds=COLD_START_SECONDS,
         cloud_run_idle_tail_seconds=idle_tail,

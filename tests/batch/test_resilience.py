@@ -20,13 +20,16 @@ from flows.batch import BatchParams, batch_inference
 from tasks.errors import LeaseHeldError
 from tests.batch.conftest import local, read_output, write_prompts
 
-FAULTS = {  # 14 % of requests meet a fault, every kind
-    "OLLAMA_SIM_FAULT_503": "0.03",
-    "OLLAMA_SIM_FAULT_500": "0.03",
-    "OLLAMA_SIM_FAULT_RESET": "0.03",
-    "OLLAMA_SIM_FAULT_MIDSTREAM": "0.03",
-    "OLLAMA_SIM_FAULT_STALL": "0.02",
-    "OLLAMA_SIM_STALL_SECONDS": "3",
+# 13 % of requests meet a fault, of every kind (issue 5: at least 10 %). The two kinds whose cost
+# is time are rarer (1 %, still ~100 each): a 503 halves the in-flight limit (AIMD), a stall holds
+# a slot until the request timeout.
+FAULTS = {
+    "OLLAMA_SIM_FAULT_503": "0.01",
+    "OLLAMA_SIM_FAULT_500": "0.04",
+    "OLLAMA_SIM_FAULT_RESET": "0.035",
+    "OLLAMA_SIM_FAULT_MIDSTREAM": "0.035",
+    "OLLAMA_SIM_FAULT_STALL": "0.01",
+    "OLLAMA_SIM_STALL_SECONDS": "2",
     "OLLAMA_SIM_SEED": "11",
     "OLLAMA_SIM_RESPONSE_TOKENS": "4-8",
 }
@@ -45,7 +48,7 @@ def test_ten_thousand_prompts_through_faults_every_id_once_all_succeeded(
         in_flight=16,
         shard_size=2000,
         max_retries=12,
-        request_timeout_seconds=1.0,
+        request_timeout_seconds=0.75,  # what a stall costs; an answer takes milliseconds
         backoff_initial_seconds=0.02,
         backoff_max_seconds=0.5,
         stream=True,  # the mode in which an error line can arrive mid-stream

@@ -21,7 +21,7 @@ import pytest
 from emulator.gcp import GcpEmulatorProcess
 from flows.batch import BatchParams, batch_inference
 from flows.deploy import DeployParameters, deploy
-from tests.batch.conftest import local, read_output, write_prompts
+from tests.batch.conftest import INSTANT_SETUP, local, read_output, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,10 @@ def _control(emulator: GcpEmulatorProcess, path: str, body: dict[str, Any]) -> N
 
 @pytest.fixture
 def slow_sim(gcp_emulator: GcpEmulatorProcess, gcp_env: dict[str, str]) -> Iterator[None]:
-    """Instances started now hold each request's slot for 0.05 s; builds take no time (the
-    build is not what this test is about; gcp_env restores both)."""
-    config = {"sim_env": {"OLLAMA_SIM_SERVICE_SECONDS": "0.05"}, "build_seconds": 0}
+    """Instances started now hold each request's slot for 0.05 s; builds and IAM propagation
+    take no time (not what this test is about: tests/batch/test_invoker_e2e.py waits them out;
+    gcp_env restores them)."""
+    config = {"sim_env": {"OLLAMA_SIM_SERVICE_SECONDS": "0.05"}, **INSTANT_SETUP}
     _control(gcp_emulator, "config", config)
     try:
         yield

@@ -66,7 +66,7 @@ def test_requests_are_shared_in_proportion_to_slots(
 def test_a_target_killed_mid_run_costs_no_prompt(
     prefect_api: str, sim_server: Callable[..., OllamaServer], tmp_path: Path
 ) -> None:
-    slow = {"OLLAMA_SIM_SERVICE_SECONDS": "0.1"}
+    slow = {"OLLAMA_SIM_SERVICE_SECONDS": "0.05"}  # 400 prompts: ~3.5 s of work on 6 slots
     doomed, survivor = sim_server(parallel=3, **slow), sim_server(parallel=3, **slow)
     n = 400
     ids = write_prompts(tmp_path / "in" / "p.jsonl", n)

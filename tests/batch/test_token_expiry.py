@@ -24,7 +24,7 @@ from emulator.gcp import GcpEmulatorProcess
 from flows.batch import BatchParams, batch_inference
 from flows.deploy import DeployParameters, deploy
 from tasks.id_tokens import GoogleIdTokenAuth
-from tests.batch.conftest import local, read_output, write_prompts
+from tests.batch.conftest import INSTANT_SETUP, local, read_output, write_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -69,10 +69,10 @@ def _configure(base_url: str, **config: Any) -> None:
 
 @pytest.fixture
 def slow_sim(gcp_emulator: GcpEmulatorProcess, gcp_env: dict[str, str]) -> Iterator[None]:
-    """Instances started now hold each request's slot for SERVICE_SECONDS; builds take no time
-    (not what this test is about). Restored after (and by gcp_env)."""
+    """Instances started now hold each request's slot for SERVICE_SECONDS; builds and IAM
+    propagation take no time (not what this test is about). Restored after (and by gcp_env)."""
     sim_env = {"OLLAMA_SIM_SERVICE_SECONDS": str(SERVICE_SECONDS)}
-    _configure(gcp_emulator.base_url, sim_env=sim_env, build_seconds=0)
+    _configure(gcp_emulator.base_url, sim_env=sim_env, **INSTANT_SETUP)
     try:
         yield
     finally:
