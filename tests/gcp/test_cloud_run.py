@@ -480,7 +480,8 @@ def test_ready_service_is_served_again_after_a_restart(tmp_path: Path) -> None:
     from google.cloud import artifactregistry_v1 as ar
 
     def make() -> Emulator:
-        config = EmulatorConfig(project=PROJECT, state_dir=tmp_path)
+        # The restart is the subject, not IAM propagation: the allUsers grant is honoured at once.
+        config = EmulatorConfig(project=PROJECT, state_dir=tmp_path, iam_propagation_seconds=0)
         factories = {**backend_factories(), "cloud_run": cloud_run.CloudRunBackend}
         emulator = Emulator(config, TokenSigner.load_or_create(tmp_path), factories)
         emulator.load()
