@@ -61,7 +61,7 @@ async def batch_shard(params: BatchParams, part: ShardPart) -> dict[str, Any]:
     shards = shards_of_part(
         plan_shards(files, ledger, plan, **params.plan_options()), part, resumed.ids
     )
-    sending = time.perf_counter()
+    started_at, sending = time.time(), time.perf_counter()
     try:
         totals = await run_shards(
             shards,
@@ -76,7 +76,9 @@ async def batch_shard(params: BatchParams, part: ShardPart) -> dict[str, Any]:
         ledger.close()
     sending = time.perf_counter() - sending
     cpu = time.process_time()  # the whole process: imports, planning and sending
-    report = PartReport.of(part, flow_run.get_id(), totals, engine, resumed, cpu, sending)
+    report = PartReport.of(
+        part, flow_run.get_id(), totals, engine, resumed, cpu, (started_at, sending)
+    )
     await asyncio.to_thread(report.write, store, part)
     logger.info(f"part {part.worker}: {report.succeeded} succeeded, {report.failed} failed")
     return report.model_dump(mode="json")

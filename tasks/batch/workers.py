@@ -251,6 +251,7 @@ class PartReport(BaseModel):
     eval_tokens: int
     lanes: list[LaneReport]
     cpu_seconds: float = 0.0  # the child process's CPU time (benchmarks: tests/bench)
+    send_started_at: float = 0.0  # when it began sending (epoch seconds; benchmarks)
     send_seconds: float = 0.0  # how long it sent, its process start left out (benchmarks)
 
     @classmethod
@@ -262,7 +263,7 @@ class PartReport(BaseModel):
         engine: RequestEngine,
         resumed: Resumed,
         cpu_seconds: float = 0.0,
-        send_seconds: float = 0.0,
+        sending: tuple[float, float] = (0.0, 0.0),
     ) -> PartReport:
         return cls(
             worker=part.worker,
@@ -283,7 +284,8 @@ class PartReport(BaseModel):
             eval_tokens=engine.stats.eval_tokens,
             lanes=[LaneReport.of(lane) for lane in engine.lanes],
             cpu_seconds=round(cpu_seconds, 3),
-            send_seconds=round(send_seconds, 3),
+            send_started_at=round(sending[0], 3),
+            send_seconds=round(sending[1], 3),
         )
 
     def write(self, store: ObjectStore, part: ShardPart) -> None:
