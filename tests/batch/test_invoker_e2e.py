@@ -12,6 +12,7 @@ import logging
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from google.iam.v1 import policy_pb2
 
@@ -48,6 +49,10 @@ def test_a_batch_waits_only_while_refused_and_then_names_member_and_role(
     prefect_api: str, gcp_env: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     service = f"invoker-{uuid.uuid4().hex[:8]}"
+    # The service account's propagation is not this test's (gcp_env restores the setting).
+    config = {"service_account_propagation_seconds": 0}
+    endpoint = gcp_env["OLLAMA_CLOUDRUN_API_ENDPOINT"]
+    httpx.post(f"{endpoint}/_emulator/config", json=config, timeout=30).raise_for_status()
     # Its smoke test waits until the new binding is honoured (the emulator's default 3 s).
     deployed = deploy(DeployParameters(service=service, max_instances=1))
     name, member = deployed["service"], deployed["actions"]["invoker"].split(" to ", 1)[1]
